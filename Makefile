@@ -1,0 +1,37 @@
+# `make demo` and `make test` do all set-up on a fresh machine (venv + pinned dependencies), then run.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup demo test test-slow bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+# torch first, from the pinned CPU build, so nothing later resolves a CUDA torch.
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0 numpy
+	$(BIN)/pip install -q -e '.[dev,asr]'
+	# openai-whisper declares triton (CUDA only); its real needs come with the asr extra.
+	$(BIN)/pip install -q --no-deps openai-whisper
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/python -m ivdata.demo
+
+test: setup
+	$(BIN)/python -m pytest -q -x
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+bench: setup
+	$(BIN)/python bench/corpus_throughput.py
+	$(BIN)/python bench/manifest_select.py
+
+clean:
+	rm -rf corpora runs manifests/*.duckdb bench/out

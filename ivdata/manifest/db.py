@@ -1,0 +1,236 @@
+"""The DuckDB manifest: open (read-write or read-only), migrate, query, subsets, export.
+
+Only one process writes a manifest (DuckDB enforces it with a file lock); stages run their
+parallel work in workers and hand results back to the single writer. Queries from users open
+it read-only so a query can never change a corpus.
+"""
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import duckdb
+
+# Files written by this version stay readable by DuckDB >= 1.2 (e.g. the pip duckdb-cli).
+STORAGE_COMPATIBILITY = "v1.2.0"
+SUBSET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+class ManifestError(RuntimeError):
+    pass
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) for every migration shipped with ivkit, in order."""
+    found = []
+    for entry in resources.files("ivdata.manifest").joinpath("migrations").iterdir():
+        m = re.match(r"^(\d+)_(.+)\.sql$", entry.name)
+        if m:
+            found.append((int(m.group(1)), m.group(2), entry.read_text()))
+    found.sort()
+    if [v for v, _, _ in found] != list(range(1, len(found) + 1)):
+        raise ManifestError(f"migrations must be numbered 1..n without gaps, found {[v for v, _, _ in found]}")
+    return found
+
+
+SCHEMA_VERSION = len(_migrations())
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Manifest:
+    """A corpus manifest. Use as a context manager; `read_only=True` for queries."""
+
+    def __init__(self, path: str | Path, read_only: bool = False, create: bool = False):
+        self.path = Path(path)
+        self.read_only = read_only
+        if not self.path.exists() and not create:
+            raise ManifestError(f"no manifest at {self.path} (create one with `iv corpus init`)")
+        if create and read_only:
+            raise ManifestError("cannot create a manifest read-only")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        config = {} if (read_only or self.path.exists()) else {"storage_compatibility_version": STORAGE_COMPATIBILITY}
+        try:
+            self.con = duckdb.connect(str(self.path), read_only=read_only, config=config)
+        except duckdb.IOException as e:
+            raise ManifestError(f"cannot open {self.path}: {e}") from e
+        if not read_only:
+            self.migrate()
+        elif self.schema_version() != SCHEMA_VERSION:
+            raise ManifestError(
+                f"{self.path} has schema version {self.schema_version()}, this ivkit expects {SCHEMA_VERSION}: "
+                "run `iv manifest migrate`")
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self.con is not None:
+            if not self.read_only:
+                self.con.execute("CHECKPOINT")
+            self.con.close()
+            self.con = None
+
+    def __enter__(self) -> "Manifest":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def schema_version(self) -> int:
+        has = self.con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'").fetchone()[0]
+        if not has:
+            return 0
+        row = self.con.execute("SELECT max(version) FROM schema_version").fetchone()
+        return int(row[0] or 0)
+
+    def migrate(self) -> list[int]:
+        """Apply every migration newer than the file's version, each in its own transaction."""
+        self.con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, name VARCHAR, applied_at TIMESTAMP)")
+        current = self.schema_version()
+        applied = []
+        for version, name, sql in _migrations():
+            if version <= current:
+                continue
+            self.con.execute("BEGIN TRANSACTION")
+            try:
+                self.con.execute(sql)
+                self.con.execute("INSERT INTO schema_version VALUES (?, ?, ?)", [version, name, utcnow()])
+                self.con.execute("COMMIT")
+            except Exception:
+                self.con.execute("ROLLBACK")
+                raise
+            applied.append(version)
+        return applied
+
+    # -- key/value meta -------------------------------------------------------------------------
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
+
+    # -- queries ---------------------------------------------------------------------------------
+    def execute(self, sql: str, params: Sequence[Any] | None = None):
+        return self.con.execute(sql, params or [])
+
+    def rows(self, sql: str, params: Sequence[Any] | None = None) -> list[dict]:
+        cur = self.con.execute(sql, params or [])
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+    def scalar(self, sql: str, params: Sequence[Any] | None = None):
+        row = self.con.execute(sql, params or []).fetchone()
+        return row[0] if row else None
+
+    def insert_rows(self, table: str, rows: Iterable[dict], mode: str = "INSERT OR REPLACE") -> int:
+        """Insert dict rows (all with the same keys) in one statement through Arrow."""
+        rows = list(rows)
+        if not rows:
+            return 0
+        import pyarrow as pa
+        cols = list(rows[0].keys())
+        data = pa.Table.from_pylist(rows)
+        self.con.register("_ivkit_rows", data)
+        try:
+            self.con.execute(f"{mode} INTO {table} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _ivkit_rows")
+        finally:
+            self.con.unregister("_ivkit_rows")
+        return len(rows)
+
+    def update_rows(self, table: str, key: str | Sequence[str], rows: Iterable[dict]) -> int:
+        """UPDATE table SET ... for each row, matched on key column(s); one statement per batch."""
+        rows = list(rows)
+        if not rows:
+            return 0
+        import pyarrow as pa
+        keys = [key] if isinstance(key, str) else list(key)
+        cols = [c for c in rows[0] if c not in keys]
+        self.con.register("_ivkit_upd", pa.Table.from_pylist(rows))
+        try:
+            sets = ", ".join(f"{c} = u.{c}" for c in cols)
+            on = " AND ".join(f"{table}.{k} = u.{k}" for k in keys)
+            self.con.execute(f"UPDATE {table} SET {sets} FROM _ivkit_upd u WHERE {on}")
+        finally:
+            self.con.unregister("_ivkit_upd")
+        return len(rows)
+
+    # -- subsets ---------------------------------------------------------------------------------
+    def select_subset(self, name: str, where: str | None = None, sql: str | None = None) -> int:
+        """Create or replace the named subset from a WHERE over `clip_info` or a full SELECT of clip_ids."""
+        if not SUBSET_NAME.match(name):
+            raise ManifestError(f"subset name {name!r}: use letters, digits, '_' and '-'")
+        if (where is None) == (sql is None):
+            raise ManifestError("give exactly one of --where or --sql")
+        query = sql if sql is not None else f"SELECT clip_id FROM clip_info WHERE status = 'ok' AND ({where})"
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            self.con.execute("DELETE FROM subsets WHERE name = ?", [name])
+            try:
+                self.con.execute(
+                    f"INSERT INTO subsets SELECT DISTINCT ?, q.clip_id FROM ({query}) q "
+                    "WHERE q.clip_id IN (SELECT clip_id FROM clips)", [name])
+            except duckdb.Error as e:
+                raise ManifestError(f"subset query failed: {e}") from e
+            n = self.scalar("SELECT count(*) FROM subsets WHERE name = ?", [name])
+            self.con.execute("INSERT OR REPLACE INTO subset_defs VALUES (?, ?, ?, ?)", [name, query, n, utcnow()])
+            self.con.execute("COMMIT")
+        except Exception:
+            self.con.execute("ROLLBACK")
+            raise
+        return int(n)
+
+    def subset_clip_ids(self, name: str) -> list[str]:
+        if name == "all":
+            return [r[0] for r in self.con.execute(
+                "SELECT clip_id FROM clips WHERE status = 'ok' ORDER BY clip_id").fetchall()]
+        if not self.scalar("SELECT count(*) FROM subset_defs WHERE name = ?", [name]):
+            raise ManifestError(f"no subset named {name!r} (make one with `iv manifest select`)")
+        return [r[0] for r in self.con.execute(
+            "SELECT s.clip_id FROM subsets s JOIN clips c USING (clip_id) WHERE s.name = ? AND c.status = 'ok' "
+            "ORDER BY s.clip_id", [name]).fetchall()]
+
+    # -- runs ------------------------------------------------------------------------------------
+    def start_run(self, stage: str, config: dict) -> int:
+        return int(self.con.execute(
+            "INSERT INTO runs (stage, config, started, status) VALUES (?, ?, ?, 'running') RETURNING run_id",
+            [stage, json.dumps(config, default=str), utcnow()]).fetchone()[0])
+
+    def finish_run(self, run_id: int, status: str, counts: dict) -> None:
+        self.con.execute("UPDATE runs SET finished = ?, status = ?, counts = ? WHERE run_id = ?",
+                         [utcnow(), status, json.dumps(counts, default=str), run_id])
+
+    # -- export ----------------------------------------------------------------------------------
+    def tables(self) -> list[str]:
+        return [r[0] for r in self.con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' "
+            "AND table_type = 'BASE TABLE' ORDER BY table_name").fetchall()]
+
+    def export_parquet(self, out_dir: str | Path) -> list[Path]:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for t in self.tables():
+            p = out / f"{t}.parquet"
+            self.con.execute(f"COPY (SELECT * FROM {t}) TO '{_sql_str(p)}' (FORMAT parquet)")
+            written.append(p)
+        return written
+
+
+def _sql_str(p: Path | str) -> str:
+    return str(p).replace("'", "''")
+
+
+def write_query_result(con: duckdb.DuckDBPyConnection, sql: str, out: Path) -> None:
+    """Write a query result to .parquet / .csv / .json (by suffix) with DuckDB's own writers."""
+    fmt = {".parquet": "parquet", ".csv": "csv", ".json": "json"}.get(out.suffix.lower())
+    if fmt is None:
+        raise ManifestError(f"--out must end in .parquet, .csv or .json, not {out.suffix!r}")
+    opts = "FORMAT json, ARRAY true" if fmt == "json" else f"FORMAT {fmt}"
+    con.execute(f"COPY ({sql}) TO '{_sql_str(out)}' ({opts})")
