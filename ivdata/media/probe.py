@@ -1,0 +1,122 @@
+"""Container and stream facts of one media file, and whether it decodes.
+
+Demuxing every packet (no decoding) gives the true frame count of what is actually in the file,
+which catches truncated files whose header still promises the full length.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+import av
+
+
+class MediaError(RuntimeError):
+    """A file that cannot be used, with a reason fit for the manifest's `error` column."""
+
+
+@dataclass
+class ProbeResult:
+    container: str
+    duration_s: float
+    has_video: bool
+    has_audio: bool
+    fps: float | None = None
+    num_frames: int | None = None
+    width: int | None = None
+    height: int | None = None
+    rotation: int | None = None
+    vcodec: str | None = None
+    acodec: str | None = None
+    audio_rate: int | None = None
+
+    def as_row(self) -> dict:
+        return asdict(self)
+
+
+def probe(path: str) -> ProbeResult:
+    """Probe `path`; raises MediaError with a short reason when it is not a usable video."""
+    try:
+        size = os.path.getsize(path)
+    except OSError as e:
+        raise MediaError(f"unreadable: {e.strerror}") from e
+    if size == 0:
+        raise MediaError("empty file (0 bytes)")
+    try:
+        container = av.open(path, metadata_errors="ignore")
+    except av.FFmpegError as e:
+        raise MediaError(f"not a readable media container: {_msg(e)}") from e
+    with container:
+        vstreams, astreams = container.streams.video, container.streams.audio
+        if not vstreams:
+            kind = "audio-only file" if astreams else "no video stream"
+            raise MediaError(kind)
+        vs = vstreams[0]
+        rate = vs.average_rate or vs.guessed_rate or vs.base_rate
+        fps = float(rate) if rate else None
+        # Demux every video packet: cheap, and the only honest frame count for a damaged file.
+        npackets, last_end = 0, 0.0
+        try:
+            for pkt in container.demux(vs):
+                if pkt.size == 0:
+                    continue
+                npackets += 1
+                if pkt.pts is not None:
+                    t = float((pkt.pts + (pkt.duration or 0)) * pkt.time_base)
+                    last_end = max(last_end, t)
+        except av.FFmpegError as e:
+            raise MediaError(f"damaged stream after {npackets} packets: {_msg(e)}") from e
+        if npackets == 0:
+            raise MediaError("video stream has no frames")
+        declared = vs.frames or 0
+        if declared and npackets < 0.95 * declared:
+            raise MediaError(f"truncated: {npackets} of {declared} frames present")
+        start = float(vs.start_time * vs.time_base) if vs.start_time is not None else 0.0
+        duration = max(last_end - start, 0.0)
+        if duration <= 0 and container.duration:
+            duration = container.duration / av.time_base
+    # Decode the first frame: a file can demux and still not decode (unknown codec, broken headers).
+    rotation = 0
+    try:
+        with av.open(path) as c2:
+            frame = next(c2.decode(video=0), None)
+            if frame is None:
+                raise MediaError("no decodable video frame")
+            rotation = int(getattr(frame, "rotation", 0) or 0)
+    except av.FFmpegError as e:
+        raise MediaError(f"video does not decode: {_msg(e)}") from e
+    a = astreams[0] if astreams else None
+    return ProbeResult(
+        container=container.format.name.split(",")[0],
+        duration_s=duration,
+        has_video=True,
+        has_audio=a is not None,
+        fps=fps,
+        num_frames=npackets,
+        width=vs.codec_context.width,
+        height=vs.codec_context.height,
+        rotation=rotation,
+        vcodec=vs.codec_context.name,
+        acodec=a.codec_context.name if a is not None else None,
+        audio_rate=a.codec_context.sample_rate if a is not None else None,
+    )
+
+
+def _msg(e: Exception) -> str:
+    return str(e).split(": '")[0].strip()[:300]
+
+
+def count_frames_decoded(path: str) -> tuple[int, float]:
+    """Decode every frame: (frame count, duration from the frame timestamps). For verification."""
+    n, first, last = 0, None, None
+    with av.open(path) as c:
+        vs = c.streams.video[0]
+        for frame in c.decode(vs):
+            n += 1
+            t = frame.time
+            if t is not None:
+                first = t if first is None else min(first, t)
+                last = t if last is None else max(last, t)
+        rate = vs.average_rate or vs.guessed_rate
+    dur = (last - first + 1.0 / float(rate)) if (n and rate and first is not None) else 0.0
+    return n, dur
