@@ -35,7 +35,7 @@ class PySceneDetectDetector:
         scenes = detect(path, det, backend="pyav", show_progress=False)
         if not scenes:  # no cut found: the whole video is one shot
             return _whole(path)
-        return [(a.get_seconds(), b.get_seconds()) for a, b in scenes]
+        return [(float(a.seconds), float(b.seconds)) for a, b in scenes]
 
 
 class LearnedShotDetector:

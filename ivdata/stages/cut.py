@@ -87,7 +87,7 @@ class CutStage(Stage):
             audio_path = str(flac) if flac.exists() else None
         return {"cut_mode": cfg.mode, "cut_start_s": r.start_s, "cut_end_s": r.end_s, "path": str(final),
                 "audio_path": audio_path, "sha256": sha, "bytes": nbytes,
-                "duration_s": facts.num_frames / facts.fps if facts.fps else facts.duration_s,
+                "duration_s": round(facts.num_frames / facts.fps, 6) if facts.fps else facts.duration_s,
                 "num_frames": facts.num_frames, "fps": facts.fps, "width": facts.width, "height": facts.height,
                 "has_audio": facts.has_audio}
 

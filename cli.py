@@ -1,0 +1,258 @@
+"""`iv`: build and curate video corpora, query their manifests, train on their shards.
+
+A thin layer: it parses arguments and calls ivdata / ivtrain. Heavy imports happen inside commands so
+`iv --help` stays instant.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="ivkit: video pretraining corpora (DuckDB manifest + WebDataset shards) and training.",
+                  no_args_is_help=True, add_completion=False)
+corpus_app = typer.Typer(help="Create and inspect corpora.", no_args_is_help=True)
+data_app = typer.Typer(help="Data engine stages: ingest -> probe -> split -> cut -> shard, verify.", no_args_is_help=True)
+manifest_app = typer.Typer(help="Query the manifest with SQL, select subsets, export, migrate.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate trained encoders.", no_args_is_help=True)
+app.add_typer(corpus_app, name="corpus")
+app.add_typer(data_app, name="data")
+app.add_typer(manifest_app, name="manifest")
+app.add_typer(eval_app, name="eval")
+console = Console()
+
+CorpusOpt = typer.Option("default", "--corpus", "-c", envvar="IVKIT_CORPUS",
+                         help="Corpus name (manifests/NAME.duckdb under $IVKIT_HOME) or a .duckdb path.")
+WorkersOpt = typer.Option(0, "--workers", "-j", help="Parallel worker processes (0: run inline).")
+RetryOpt = typer.Option(False, "--retry-failed", help="Also redo items whose failure is recorded.")
+
+
+def _corpus(name: str):
+    from ivdata.corpus import Corpus
+    return Corpus.open(name)
+
+
+def _report(stage: str, stats) -> None:
+    c = stats.as_counts()
+    rate = f", {c['items_per_s']} items/s" if c.get("items_per_s") else ""
+    extra = {k: v for k, v in c.items() if k not in ("ok", "failed", "skipped", "pending", "seconds", "media_seconds",
+                                                     "items_per_s", "media_s_per_s")}
+    console.print(f"[bold]{stage}[/]: {stats.ok} ok, {stats.failed} failed, {stats.skipped} skipped "
+                  f"in {stats.seconds:.1f} s{rate}" + (f" {extra}" if extra else ""))
+
+
+def _fail(msg: str) -> None:
+    console.print(f"[red]error:[/] {msg}")
+    raise typer.Exit(2)
+
+
+# ------------------------------------------------------------------------------------------ corpus
+@corpus_app.command("init")
+def corpus_init(name: str = typer.Argument(..., help="Corpus name."),
+                root: Optional[Path] = typer.Option(None, help="Data root (default: corpora/NAME)."),
+                manifest: Optional[Path] = typer.Option(None, help="Manifest path (default: manifests/NAME.duckdb).")):
+    """Create a corpus: its manifest and its data root."""
+    from ivdata.corpus import Corpus
+    from ivdata.manifest import ManifestError
+    try:
+        c = Corpus.init(name, root=root, manifest_path=manifest)
+    except ManifestError as e:
+        _fail(str(e))
+    console.print(f"corpus [bold]{c.name}[/]: manifest {c.manifest_path}, data {c.root}")
+
+
+@corpus_app.command("info")
+def corpus_info(corpus: str = CorpusOpt):
+    """Counts per table and status."""
+    c = _corpus(corpus)
+    with c.manifest(read_only=True) as m:
+        console.print(f"[bold]{c.name}[/]  manifest {c.manifest_path}  data {c.root}")
+        for sql, title in [("SELECT status, count(*) AS n FROM videos GROUP BY 1 ORDER BY 1", "videos"),
+                           ("SELECT status, count(*) AS n, round(sum(duration_s), 1) AS media_s FROM clips GROUP BY 1 ORDER BY 1", "clips"),
+                           ("SELECT shardset, count(*) AS shards, sum(nsamples) AS samples, sum(bytes) AS nbytes FROM shards GROUP BY 1", "shards")]:
+            _print_table(m.execute(sql), title)
+
+
+# --------------------------------------------------------------------------------------------- data
+@data_app.command("ingest")
+def data_ingest(sources: List[str] = typer.Argument(..., help="Files, directories, globs, CSV/JSONL lists, http(s) URLs."),
+                corpus: str = CorpusOpt, source: str = typer.Option("local", help="Source name recorded for rows without one."),
+                max_bytes: int = typer.Option(8 << 30, help="Download size limit per video."),
+                timeout: float = typer.Option(60.0, help="Network timeout per request (s)."),
+                workers: int = WorkersOpt, retry_failed: bool = RetryOpt):
+    """Register videos (content sha256, provenance, per-row metadata and spans)."""
+    from ivdata import pipeline
+    from ivdata.stages.ingest import SourceError
+    try:
+        _report("ingest", pipeline.ingest(_corpus(corpus), sources, source=source, workers=workers,
+                                          retry_failed=retry_failed, max_bytes=max_bytes, timeout_s=timeout))
+    except SourceError as e:
+        _fail(str(e))
+
+
+@data_app.command("probe")
+def data_probe(corpus: str = CorpusOpt, workers: int = WorkersOpt, retry_failed: bool = RetryOpt):
+    """Container/stream facts and decodability; unreadable files are recorded with a reason."""
+    from ivdata import pipeline
+    _report("probe", pipeline.probe(_corpus(corpus), workers=workers, retry_failed=retry_failed))
+
+
+@data_app.command("split")
+def data_split(corpus: str = CorpusOpt,
+               method: str = typer.Option("shots", help="shots | whole | fixed | spans"),
+               detector: str = typer.Option("pyscenedetect", help="pyscenedetect | adaptive | learned (TorchScript --weights)"),
+               weights: Optional[str] = typer.Option(None, help="Learned shot detector (TorchScript file)."),
+               threshold: Optional[float] = typer.Option(None, help="Detector threshold."),
+               min_s: float = typer.Option(2.0, help="Drop segments shorter than this."),
+               max_s: float = typer.Option(30.0, help="Longer segments become one seeded random window of this length."),
+               window_s: float = typer.Option(10.0, help="Window length for --method fixed."),
+               seed: int = typer.Option(0), workers: int = WorkersOpt, retry_failed: bool = RetryOpt):
+    """Shot detection and windowing -> clip rows."""
+    from ivdata import pipeline
+    from ivdata.stages.split import SplitConfig
+    try:
+        cfg = SplitConfig(method=method, min_s=min_s, max_s=max_s, window_s=window_s, seed=seed,
+                          detector=detector, weights=weights, threshold=threshold)
+    except ValueError as e:
+        _fail(str(e))
+    _report("split", pipeline.split(_corpus(corpus), cfg, workers=workers, retry_failed=retry_failed))
+
+
+@data_app.command("cut")
+def data_cut(corpus: str = CorpusOpt,
+             mode: str = typer.Option("copy", help="copy (keyframe-aligned stream copy) | reencode (frame-accurate H.264)"),
+             short_side: Optional[int] = typer.Option(None, help="reencode: resize so the short side is this."),
+             fps: Optional[float] = typer.Option(None, help="reencode: output frame rate."),
+             crf: int = typer.Option(23), flac: bool = typer.Option(True, help="Also store 16 kHz mono FLAC audio."),
+             workers: int = WorkersOpt, retry_failed: bool = RetryOpt):
+    """Cut clip files into the content-addressed clip store."""
+    from ivdata import pipeline
+    from ivdata.stages.cut import CutConfig
+    try:
+        cfg = CutConfig(mode=mode, short_side=short_side, fps=fps, crf=crf, flac=flac)
+    except ValueError as e:
+        _fail(str(e))
+    _report("cut", pipeline.cut(_corpus(corpus), cfg, workers=workers, retry_failed=retry_failed))
+
+
+@data_app.command("shard")
+def data_shard(corpus: str = CorpusOpt, subset: str = typer.Option("all", help="Subset name ('all': every good clip)."),
+               shardset: Optional[str] = typer.Option(None, help="Shard set name (default: the subset name)."),
+               maxcount: int = typer.Option(1000, help="Samples per shard at most."),
+               maxsize: float = typer.Option(1e9, help="Bytes per shard at most."),
+               flac: bool = typer.Option(True, help="Add the .flac member when the clip has audio."),
+               include_labels: bool = typer.Option(False, help="Put label/split into the json (off for training shards)."),
+               txt: str = typer.Option("", help="Caption kinds to add as .txt members, e.g. 'AVS,V'."),
+               workers: int = WorkersOpt):
+    """Write a subset as WebDataset tars + a wids index; fill the shards/samples tables."""
+    from ivdata import pipeline
+    from ivdata.stages.shard import ShardConfig
+    cfg = ShardConfig(subset=subset, shardset=shardset, maxcount=maxcount, maxsize=int(maxsize), flac=flac,
+                      include_labels=include_labels, txt_kinds=tuple(k.strip() for k in txt.split(",") if k.strip()))
+    _report("shard", pipeline.shard(_corpus(corpus), cfg, workers=workers))
+
+
+@data_app.command("verify")
+def data_verify(corpus: str = CorpusOpt, shardset: Optional[str] = typer.Option(None, help="Only this shard set.")):
+    """Check that shards on disk and the manifest agree (hashes, members, no strays)."""
+    from ivdata.shards.verify import verify
+    problems, counts = verify(_corpus(corpus), shardset)
+    for p in problems:
+        console.print(f"[red]✗[/] {p}")
+    console.print(f"{counts['shards']} shards, {counts['samples']} samples checked, {len(problems)} problems")
+    if problems:
+        raise typer.Exit(1)
+
+
+@data_app.command("build")
+def data_build(sources: List[str] = typer.Argument(...), corpus: str = CorpusOpt,
+               split: str = typer.Option("shots"), cut: str = typer.Option("copy"),
+               short_side: Optional[int] = typer.Option(None), fps: Optional[float] = typer.Option(None),
+               maxcount: int = typer.Option(1000), source: str = typer.Option("local"), workers: int = WorkersOpt):
+    """ingest -> probe -> split -> cut -> shard in one go (creates the corpus if needed)."""
+    from ivdata import pipeline
+    from ivdata.stages.cut import CutConfig
+    from ivdata.stages.shard import ShardConfig
+    from ivdata.stages.split import SplitConfig
+    c = pipeline.open_or_init(corpus)
+    _report("ingest", pipeline.ingest(c, sources, source=source, workers=workers))
+    _report("probe", pipeline.probe(c, workers=workers))
+    _report("split", pipeline.split(c, SplitConfig(method=split), workers=workers))
+    _report("cut", pipeline.cut(c, CutConfig(mode=cut, short_side=short_side, fps=fps), workers=workers))
+    _report("shard", pipeline.shard(c, ShardConfig(maxcount=maxcount), workers=workers))
+
+
+# ----------------------------------------------------------------------------------------- manifest
+def _print_table(cur, title: str | None = None, limit: int = 50) -> None:
+    cols = [d[0] for d in cur.description]
+    rows = cur.fetchmany(limit + 1)
+    t = Table(title=title, show_lines=False)
+    for c in cols:
+        t.add_column(c, overflow="fold")
+    for r in rows[:limit]:
+        t.add_row(*["" if v is None else str(v) for v in r])
+    console.print(t)
+    if len(rows) > limit:
+        console.print(f"(first {limit} rows shown; use --limit or --out for more)")
+
+
+@manifest_app.command("query")
+def manifest_query(sql: str = typer.Argument(..., help="SQL over videos, clips, captions, scores, ... (read-only)."),
+                   corpus: str = CorpusOpt, out: Optional[Path] = typer.Option(None, help="Write to .parquet/.csv/.json."),
+                   limit: int = typer.Option(50, help="Rows to print.")):
+    """Run SQL on a read-only connection; print a table or write a file."""
+    import duckdb
+    from ivdata.manifest import Manifest, ManifestError, write_query_result
+    c = _corpus(corpus)
+    try:
+        with Manifest(c.manifest_path, read_only=True) as m:
+            if out:
+                write_query_result(m.con, sql, out)
+                console.print(f"wrote {out}")
+            else:
+                _print_table(m.execute(sql), limit=limit)
+    except (duckdb.Error, ManifestError) as e:
+        _fail(str(e))
+
+
+@manifest_app.command("select")
+def manifest_select(name: str = typer.Argument(..., help="Subset name."), corpus: str = CorpusOpt,
+                    where: Optional[str] = typer.Option(None, help="WHERE clause over the clip_info view (good clips only)."),
+                    sql: Optional[str] = typer.Option(None, help="A full SELECT returning clip_id.")):
+    """Create or replace a named subset of clips."""
+    from ivdata.manifest import ManifestError
+    try:
+        with _corpus(corpus).manifest() as m:
+            n = m.select_subset(name, where=where, sql=sql)
+    except ManifestError as e:
+        _fail(str(e))
+    console.print(f"subset [bold]{name}[/]: {n} clips")
+
+
+@manifest_app.command("export")
+def manifest_export(out: Path = typer.Option(..., help="Folder for one Parquet file per table."), corpus: str = CorpusOpt):
+    """Export every table to Parquet (readable by any tool)."""
+    with _corpus(corpus).manifest(read_only=True) as m:
+        files = m.export_parquet(out)
+    console.print(f"wrote {len(files)} tables to {out}")
+
+
+@manifest_app.command("migrate")
+def manifest_migrate(corpus: str = CorpusOpt):
+    """Bring a manifest to this ivkit's schema version."""
+    from ivdata.manifest import Manifest
+    with Manifest(_corpus(corpus).manifest_path) as m:
+        console.print(f"schema version {m.schema_version()}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

