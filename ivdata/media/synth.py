@@ -13,7 +13,7 @@ import numpy as np
 
 def make_video(path: str | Path, seconds: float = 3.0, fps: int = 25, size: tuple[int, int] = (320, 240),
                audio: str | None = "tone", scenes: int = 1, seed: int = 0, codec: str = "libx264",
-               audio_rate: int = 44100, frames: int | None = None) -> Path:
+               audio_rate: int = 44100, frames: int | None = None, gop: int | None = None) -> Path:
     """Write an mp4 of a moving square over a background that changes colour at each scene boundary.
     audio: 'tone' (440 Hz sine), 'silence', or None (no audio stream)."""
     path = Path(path)
@@ -26,6 +26,8 @@ def make_video(path: str | Path, seconds: float = 3.0, fps: int = 25, size: tupl
         vs = c.add_stream(codec, rate=fps)
         vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
         vs.options = {"preset": "veryfast"}
+        if gop:
+            vs.codec_context.gop_size = gop
         as_ = None
         if audio:
             as_ = c.add_stream("aac", rate=audio_rate)
