@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 setup: $(VENV)/.installed
 
 demo: setup
-	$(BIN)/python -m ivdata.demo
+	bash scripts/demo.sh
 
 test: setup
 	$(BIN)/python -m pytest -q -x

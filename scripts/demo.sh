@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The main job end to end on the embedded default corpus: sample videos -> manifest -> shards -> training.
+# Run by `make demo`; every step is a plain `iv` command a user could type.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export IVKIT_HOME="$PWD" IVKIT_CORPUS=demo
+IV=".venv/bin/iv"
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "fresh demo corpus (manifests/demo.duckdb, corpora/demo/)"
+rm -rf corpora/demo manifests/demo.duckdb manifests/demo.duckdb.wal
+$IV corpus init demo
+$IV data samples corpora/demo/inputs
+
+step "ingest -> probe -> split (shots) -> cut (frame-accurate, short side 224)"
+$IV data ingest corpora/demo/inputs --source samples --workers 2
+$IV data probe --workers 2
+$IV data split --method shots --workers 2
+$IV data cut --mode reencode --short-side 224 --workers 2
+
+step "shard every good clip, then verify shards against the manifest"
+$IV data shard --maxcount 4
+$IV data verify
+
+step "SQL over the manifest (read-only)"
+$IV manifest query "SELECT v.source, count(*) AS clips, round(sum(c.duration_s), 1) AS seconds,
+                    sum(c.num_frames) AS frames, bool_or(c.has_audio) AS any_audio
+                    FROM clips c JOIN videos v USING (video_id) WHERE c.status = 'ok' GROUP BY 1"
+$IV manifest query "SELECT regexp_extract(uri, '[^/]+$') AS file, status, coalesce(error, '') AS error,
+                    round(duration_s, 2) AS duration_s, width, height, has_audio FROM videos ORDER BY file"
+$IV manifest select with_audio --where "has_audio"
+$IV corpus info
