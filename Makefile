@@ -27,6 +27,7 @@ test: setup
 	$(BIN)/python -m pytest -q -x
 
 test-slow: setup
+	$(BIN)/pip install -q -e '.[ray]'
 	$(BIN)/python -m pytest -q -m slow
 
 bench: setup

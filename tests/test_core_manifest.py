@@ -68,3 +68,22 @@ def test_runs_table_records_each_stage_with_throughput(built_corpus):
     assert all(r["status"] == "ok" for r in runs)
     cut = json.loads(runs[3]["counts"])
     assert cut["ok"] > 0 and cut["media_s_per_s"] > 0
+
+
+def test_old_manifest_is_migrated_in_place_and_keeps_its_data(tmp_path):
+    from ivdata.manifest.db import _migrations
+    p = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(p))
+    con.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, name VARCHAR, applied_at TIMESTAMP)")
+    con.execute(_migrations()[0][2])                      # a file written by schema version 1
+    con.execute("INSERT INTO schema_version VALUES (1, 'core', now())")
+    con.execute("INSERT INTO videos (video_id, source, uri, status) VALUES ('v1', 'x', '/a.mp4', 'ingested')")
+    con.close()
+    if SCHEMA_VERSION > 1:
+        with pytest.raises(ManifestError, match="iv manifest migrate"):
+            Manifest(p, read_only=True)
+    with Manifest(p) as m:                                 # a writer migrates
+        assert m.schema_version() == SCHEMA_VERSION
+        assert m.rows("SELECT video_id, status FROM videos") == [{"video_id": "v1", "status": "ingested"}]
+    with Manifest(p, read_only=True) as m:
+        assert m.schema_version() == SCHEMA_VERSION

@@ -1,7 +1,8 @@
 """Shot-boundary detection behind one interface: `detect(path) -> [(start_s, end_s), ...]`.
 
 - PySceneDetect (default): content-aware HSV-difference detection, no weights needed.
-- A learned detector (TransNetV2 / AutoShot style) given as a TorchScript file: it takes uint8 frames
+- A learned detector (TransNetV2 / AutoShot style) given as a torch.export `.pt2` file (or, for older
+  weights, a TorchScript file): it takes uint8 frames
   (batch, time, 27, 48, 3) and returns per-frame cut logits (batch, time[, 1]). Inference follows
   TransNetV2's procedure: 100-frame windows, 25 frames of context each side, the centre 50 kept.
 """
@@ -44,7 +45,10 @@ class LearnedShotDetector:
     def __init__(self, weights: str, threshold: float = 0.5, device: str = "cpu"):
         import torch
         self.torch = torch
-        self.model = torch.jit.load(weights, map_location=device).eval()
+        if str(weights).endswith(".pt2"):   # torch.export: the format torch recommends now
+            self.model = torch.export.load(weights).module()
+        else:                               # TorchScript, as older detector ports ship
+            self.model = torch.jit.load(weights, map_location=device).eval()
         self.threshold, self.device = threshold, device
 
     def frame_probabilities(self, frames: np.ndarray) -> np.ndarray:
@@ -85,6 +89,6 @@ def make_detector(kind: str = "pyscenedetect", weights: str | None = None, thres
         return PySceneDetectDetector(adaptive=True)
     if kind in ("learned", "transnetv2", "autoshot"):
         if not weights:
-            raise ValueError(f"detector {kind!r} needs --weights (a TorchScript file)")
+            raise ValueError(f"detector {kind!r} needs --weights (a torch.export .pt2 or TorchScript file)")
         return LearnedShotDetector(weights, threshold=threshold or 0.5)
     raise ValueError(f"unknown shot detector {kind!r} (pyscenedetect, adaptive, learned)")
