@@ -81,7 +81,7 @@ class Corpus:
             mpath = home / "manifests" / f"{name_or_path}.duckdb"
         if not mpath.exists():
             raise ManifestError(f"no corpus manifest at {mpath} (create it with `iv corpus init {p.stem}`)")
-        with Manifest(mpath, read_only=True) as m:
+        with Manifest(mpath, read_only=True, check_version=False) as m:   # old files too, so they can migrate
             name, root = m.get_meta("name"), m.get_meta("root")
         if not root:
             raise ManifestError(f"{mpath} has no data root recorded (not made by `iv corpus init`?)")

@@ -96,6 +96,9 @@ def test_sigkill_during_shard_then_rerun(windowed_corpus):
         keys = [r[0] for r in m.execute("SELECT key FROM samples WHERE shardset = 'all'").fetchall()]
         clip_ids = {r[0] for r in m.execute("SELECT clip_id FROM clips WHERE status = 'ok'").fetchall()}
     assert sorted(keys) == sorted(clip_ids) and len(keys) == 24
+    with c.manifest(read_only=True) as m:   # the killed run is marked as such, not left 'running'
+        assert m.scalar("SELECT count(*) FROM runs WHERE status = 'running'") == 0
+        assert m.scalar("SELECT count(*) FROM runs WHERE stage = 'shard' AND status = 'killed'") == 1
     # And in the tars themselves, each clip appears exactly once.
     import webdataset as wds
     seen = [s["__key__"] for s in wds.WebDataset([str(p) for p in c.shard_list("all")], shardshuffle=False)]

@@ -47,7 +47,7 @@ def utcnow() -> datetime:
 class Manifest:
     """A corpus manifest. Use as a context manager; `read_only=True` for queries."""
 
-    def __init__(self, path: str | Path, read_only: bool = False, create: bool = False):
+    def __init__(self, path: str | Path, read_only: bool = False, create: bool = False, check_version: bool = True):
         self.path = Path(path)
         self.read_only = read_only
         if not self.path.exists() and not create:
@@ -62,7 +62,7 @@ class Manifest:
             raise ManifestError(f"cannot open {self.path}: {e}") from e
         if not read_only:
             self.migrate()
-        elif self.schema_version() != SCHEMA_VERSION:
+        elif check_version and self.schema_version() != SCHEMA_VERSION:
             raise ManifestError(
                 f"{self.path} has schema version {self.schema_version()}, this ivkit expects {SCHEMA_VERSION}: "
                 "run `iv manifest migrate`")
@@ -198,6 +198,8 @@ class Manifest:
 
     # -- runs ------------------------------------------------------------------------------------
     def start_run(self, stage: str, config: dict) -> int:
+        # Only one process writes: a run still 'running' now was killed before it could say so.
+        self.con.execute("UPDATE runs SET status = 'killed' WHERE status = 'running'")
         return int(self.con.execute(
             "INSERT INTO runs (stage, config, started, status) VALUES (?, ?, ?, 'running') RETURNING run_id",
             [stage, json.dumps(config, default=str), utcnow()]).fetchone()[0])
