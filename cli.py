@@ -5,8 +5,6 @@ A thin layer: it parses arguments and calls ivdata / ivtrain. Heavy imports happ
 """
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import List, Optional
 

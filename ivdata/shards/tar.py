@@ -14,6 +14,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ivdata.fsutil import temp_name
+
 KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 EXT = re.compile(r"^[a-z0-9]+(\.[a-z0-9]+)*$")
 MTIME = 1_700_000_000
@@ -50,7 +52,7 @@ class WrittenShard:
 def write_tar(path: Path, samples: list[tuple[str, list[tuple[str, bytes | Path]]]]) -> WrittenShard:
     """samples: [(key, [(ext, bytes-or-file), ...]), ...] -> a tar at `path`, written via a temp name."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_name(path)
     written = []
     try:
         with open(tmp, "wb") as raw:

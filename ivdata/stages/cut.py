@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ivdata.corpus import Corpus
+from ivdata.fsutil import temp_name
 from ivdata.manifest import Manifest
-from ivdata.media.cut import cut_copy, cut_reencode, decode_audio, write_flac
+from ivdata.media.audio import decode_audio, write_flac
+from ivdata.media.cut import cut_copy, cut_reencode
 from ivdata.media.probe import probe
 from ivdata.stages.base import Stage, StageStats, failed
 
@@ -62,7 +64,7 @@ class CutStage(Stage):
     def work(self, item: dict) -> dict:
         cfg, store = self.cfg, self.corpus.clips_dir
         store.mkdir(parents=True, exist_ok=True)
-        tmp = store / f".{item['clip_id']}.{os.getpid()}.mp4"
+        tmp = temp_name(store / f"{item['clip_id']}.mp4")
         try:
             if cfg.mode == "copy":
                 r = cut_copy(item["src"], tmp, item["start_s"], item["end_s"])

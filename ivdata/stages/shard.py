@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ivdata.corpus import Corpus
+from ivdata.fsutil import atomic_write_text
 from ivdata.manifest import Manifest, utcnow
 from ivdata.shards.tar import KEY, WrittenShard, write_tar
 from ivdata.stages.base import Stage, StageStats, failed
@@ -72,7 +73,7 @@ class ShardStage(Stage):
         self.dir.mkdir(parents=True, exist_ok=True)
         pattern = re.compile(rf"^{re.escape(cfg.name)}-\d{{6}}\.tar$")
         for f in self.dir.iterdir():   # orphans of a killed run: unrecorded shards and temp files
-            if (pattern.match(f.name) and f"{cfg.name}/{f.name}" not in recorded) or f.name.endswith(".tmp"):
+            if (pattern.match(f.name) and f"{cfg.name}/{f.name}" not in recorded) or (f.name.startswith(".") and ".tmp" in f.name):
                 f.unlink()
         wanted = m.subset_clip_ids(cfg.subset)
         done = {r[0] for r in m.execute("SELECT key FROM samples WHERE shardset = ?", [cfg.name]).fetchall()}
@@ -146,12 +147,6 @@ def write_indexes(m: Manifest, corpus: Corpus, shardset: str) -> Path:
     index = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": shardset,
              "shardlist": [{"url": Path(r["path"]).name, "nsamples": r["nsamples"], "filesize": r["bytes"],
                             "md5sum": r["md5"]} for r in rows]}
-    _atomic_write(d / f"{shardset}.wids.json", json.dumps(index, indent=1))
-    _atomic_write(d / f"{shardset}.txt", "".join(f"{corpus.shards_dir / r['path']}\n" for r in rows))
+    atomic_write_text(d / f"{shardset}.wids.json", json.dumps(index, indent=1))
+    atomic_write_text(d / f"{shardset}.txt", "".join(f"{corpus.shards_dir / r['path']}\n" for r in rows))
     return d / f"{shardset}.wids.json"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

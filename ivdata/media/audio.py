@@ -1,0 +1,67 @@
+"""Audio in and out with PyAV: decode a span to float32 at a chosen rate, write 16 kHz mono FLAC."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import av
+import numpy as np
+
+from ivdata.fsutil import temp_name
+
+
+
+def decode_audio(src: str, start: float = 0.0, end: float | None = None, rate: int | None = 16000,
+                 mono: bool = True) -> tuple[np.ndarray | None, int | None]:
+    """Decode [start, end) of the first audio stream to float32 (channels, samples) at `rate` Hz
+    (the source rate when None). Returns (None, None) when the file has no audio stream."""
+    with av.open(src) as c:
+        if not c.streams.audio:
+            return None, None
+        ain = c.streams.audio[0]
+        out_rate = rate or ain.codec_context.sample_rate
+        nch = 1 if mono else min(2, ain.codec_context.channels or 1)
+        resampler = av.AudioResampler(format="fltp", layout="mono" if nch == 1 else "stereo", rate=out_rate)
+        if start > 0:
+            c.seek(int(max(start - 0.5, 0) / ain.time_base), stream=ain, backward=True)
+        chunks, first_t = [], None
+        for frame in c.decode(ain):
+            if frame.time is not None and end is not None and frame.time >= end:
+                break
+            for rf in resampler.resample(frame):
+                if first_t is None:
+                    first_t = rf.time if rf.time is not None else frame.time or 0.0
+                chunks.append(rf.to_ndarray())
+        for rf in resampler.resample(None):
+            chunks.append(rf.to_ndarray())
+    if not chunks:
+        return np.zeros((nch, 0), np.float32), out_rate
+    data = np.concatenate(chunks, axis=1).astype(np.float32)
+    skip = int(round(max(start - (first_t or 0.0), 0.0) * out_rate))
+    data = data[:, skip:]
+    if end is not None:
+        data = data[:, : max(int(round((end - start) * out_rate)), 0)]
+    return data, out_rate
+
+
+def write_flac(samples: np.ndarray, rate: int, out: Path) -> None:
+    """Write (1, n) float32 audio as 16-bit FLAC, atomically."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(out)
+    try:
+        pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
+        with av.open(str(tmp), "w", format="flac") as c:
+            s = c.add_stream("flac", rate=rate)
+            s.layout = "mono"
+            s.format = "s16"
+            step = 4096
+            for i in range(0, pcm.shape[1], step):
+                f = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, i:i + step]), format="s16", layout="mono")
+                f.sample_rate, f.pts = rate, i
+                for pkt in s.encode(f):
+                    c.mux(pkt)
+            for pkt in s.encode(None):
+                c.mux(pkt)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
