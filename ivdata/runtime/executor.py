@@ -6,8 +6,10 @@ inline (workers=0, easiest to debug), a local process pool (default), and Ray (c
 """
 from __future__ import annotations
 
+import atexit
 import multiprocessing as mp
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable, Iterator
 
 
@@ -31,6 +33,32 @@ def _is_media(e: Exception) -> bool:
     return isinstance(e, MediaError)
 
 
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """One pool per worker count, kept for the life of the process: starting spawn workers costs about a
+    second each, which would otherwise be paid again by every stage of a pipeline."""
+    pool = _POOLS.get(workers)
+    if pool is None:
+        # spawn: the parent holds a DuckDB connection and threads; forking that is not safe.
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+        _POOLS[workers] = pool
+    return pool
+
+
+def _drop_pool(workers: int) -> None:
+    pool = _POOLS.pop(workers, None)
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+@atexit.register
+def _shutdown_pools() -> None:
+    for w in list(_POOLS):
+        _drop_pool(w)
+
+
 def map_unordered(fn: Callable, items: Iterable[Any], workers: int = 0, backend: str = "local",
                   max_in_flight: int | None = None) -> Iterator[tuple[Any, Any]]:
     """Yield (item, result) or (item, WorkFailed) in completion order."""
@@ -43,25 +71,38 @@ def map_unordered(fn: Callable, items: Iterable[Any], workers: int = 0, backend:
             ok, res = _call(fn, it)
             yield it, res if ok else WorkFailed(res)
         return
-    # spawn: the parent holds a DuckDB connection and threads; forking that is not safe.
-    ctx = mp.get_context("spawn")
     limit = max_in_flight or workers * 4
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        pending: dict = {}
-        it = iter(items)
-        for x in it:
-            pending[pool.submit(_call, fn, x)] = x
-            if len(pending) >= limit:
-                break
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                x = pending.pop(fut)
-                ok, res = fut.result()
-                yield x, res if ok else WorkFailed(res)
-                nxt = next(it, None)
-                if nxt is not None:
-                    pending[pool.submit(_call, fn, nxt)] = nxt
+    queue = list(reversed(items))
+    while queue:
+        pool, pending = _pool(workers), {}
+        try:
+            while queue and len(pending) < limit:
+                x = queue.pop()
+                pending[pool.submit(_call, fn, x)] = x
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    ok, res = fut.result()
+                    x = pending.pop(fut)
+                    yield x, res if ok else WorkFailed(res)
+                    if queue:
+                        y = queue.pop()
+                        pending[pool.submit(_call, fn, y)] = y
+        except BrokenProcessPool:
+            # A worker died (a decoder segfault on a corrupt file, the OOM killer): we cannot tell which
+            # in-flight item did it, so each one reruns alone and only the culprit is recorded as failed.
+            _drop_pool(workers)
+            for x in pending.values():
+                yield x, _run_isolated(fn, x)
+
+
+def _run_isolated(fn: Callable, item: Any) -> Any:
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as one:
+        try:
+            ok, res = one.submit(_call, fn, item).result()
+        except BrokenProcessPool:
+            return WorkFailed("worker process crashed on this item (e.g. a decoder segfault)")
+    return res if ok else WorkFailed(res)
 
 
 def _ray_map(fn: Callable, items: list, workers: int) -> Iterator[tuple[Any, Any]]:
