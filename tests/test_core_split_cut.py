@@ -88,3 +88,14 @@ def test_spans_from_a_source_list(tmp_path):
     assert [(r["start_s"], r["end_s"]) for r in rows] == [(1.0, 3.5), (5.0, 7.0)]
     assert [r["num_frames"] for r in rows] == [62, 50] and {r["status"] for r in rows} == {"ok"}
     assert vids == [{"source": "kin", "source_id": "abc", "label": "run", "split": "train"}]
+
+
+@pytest.mark.parametrize("start,end", [(0.0, 2.0), (3.3, 6.1), (7.9, 10.0)])
+def test_copy_mode_keeps_audio_over_the_whole_clip(tmp_path, start, end):
+    from ivdata.media.audio import decode_audio
+    src = make_video(tmp_path / "src.mp4", seconds=10, audio="tone", gop=25)
+    r = cut_copy(str(src), tmp_path / "c.mp4", start, end)
+    assert r.has_audio and r.start_s <= start and r.end_s >= end - 1e-6
+    samples, rate = decode_audio(str(tmp_path / "c.mp4"), rate=16000)
+    assert abs(samples.shape[1] / rate - (r.end_s - r.start_s)) < 0.1   # AAC frames: within ~2 x 23 ms
+    assert count_frames_decoded(str(tmp_path / "c.mp4"))[0] == r.num_frames

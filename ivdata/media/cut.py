@@ -50,30 +50,18 @@ def cut_copy(src: str, out: Path, start: float, end: float) -> CutResult:
         with av.open(src) as inp:
             vin = inp.streams.video[0]
             ain = inp.streams.audio[0] if inp.streams.audio else None
-            # Pass 1 over video packets (demux only): find the GOPs that cover [start, end).
-            keyframes = []
-            for pkt in inp.demux(vin):
-                if pkt.size and pkt.is_keyframe and pkt.pts is not None:
-                    keyframes.append(float(pkt.pts * vin.time_base))
-            if not keyframes:
-                raise MediaError("no keyframes")
-            k0 = max([k for k in keyframes if k <= start + EPS], default=keyframes[0])
-            later = [k for k in keyframes if k >= end - EPS]
-            k1 = later[0] if later else float("inf")
-            inp.seek(0)
-            packets = _gop_packets(inp, vin, ain, k0, k1)
+            packets, k0, k1 = _collect_gops(inp, vin, ain, start, end)
+            vpk = [p for p in packets if p.video]
+            if not vpk:
+                raise MediaError(f"no video packets in [{start:.3f}, {end:.3f})")
+            has_audio = any(not p.video for p in packets)
+            _mux(inp, vin, ain if has_audio else None, tmp, packets, k0)
             rate = vin.average_rate or vin.guessed_rate
-            size = (vin.codec_context.width, vin.codec_context.height)
-        vpk = [p for p in packets if p.stream_kind == "video"]
-        if not vpk:
-            raise MediaError(f"no video packets in [{start:.3f}, {end:.3f})")
-        nframes = len(vpk)
-        t_end = max(p.end_time for p in vpk)
-        _mux(src, tmp, packets, k0)
+            w, h = vin.codec_context.width, vin.codec_context.height
         os.replace(tmp, out)
-        fps = float(rate) if rate else nframes / max(t_end - k0, EPS)
-        return CutResult(k0, min(t_end, k1), nframes, fps, size[0], size[1],
-                         any(p.stream_kind == "audio" for p in packets))
+        t_end = max(p.time + p.duration * p.tb for p in vpk)
+        fps = float(rate) if rate else len(vpk) / max(t_end - k0, EPS)
+        return CutResult(k0, min(t_end, k1), len(vpk), fps, w, h, has_audio)
     except av.FFmpegError as e:
         raise MediaError(f"stream copy failed: {_msg(e)}") from e
     finally:
@@ -82,65 +70,77 @@ def cut_copy(src: str, out: Path, start: float, end: float) -> CutResult:
 
 @dataclass
 class _Pkt:
-    stream_kind: str
+    video: bool
     data: bytes
-    pts: int | None
+    pts: int
     dts: int | None
     duration: int
+    tb: float
     time_base: Fraction
     is_keyframe: bool
 
     @property
-    def end_time(self) -> float:
-        return float(((self.pts or 0) + self.duration) * self.time_base)
+    def time(self) -> float:
+        return self.pts * self.tb
 
 
-def _gop_packets(inp, vin, ain, k0: float, k1: float) -> list[_Pkt]:
-    """Video packets in decode order from the keyframe at k0 up to the keyframe at k1; audio in [k0, k1)."""
-    out, inside = [], False
+def _collect_gops(inp, vin, ain, start: float, end: float) -> tuple[list[_Pkt], float, float]:
+    """One demux pass over just the GOPs that cover [start, end): video packets in decode order from the
+    last keyframe at or before `start` up to the first keyframe at or after `end` (k0, k1), and the audio
+    packets of [k0, k1). The seek lands on a keyframe before `start`; if it lands late, read from 0."""
     streams = [vin] + ([ain] if ain is not None else [])
-    for pkt in inp.demux(*streams):
-        if pkt.size == 0 or pkt.pts is None:
-            continue
-        t = float(pkt.pts * pkt.time_base)
-        if pkt.stream.type == "video":
-            if pkt.is_keyframe and abs(t - k0) < EPS:
-                inside = True
-            elif pkt.is_keyframe and t >= k1 - EPS:
-                inside = False
-                if ain is None:
-                    break
+    tbs = {s.index: float(s.time_base) for s in streams}
+    for seek_to in (start, 0.0):
+        inp.seek(int(max(seek_to - EPS, 0) / vin.time_base), stream=vin, backward=True)
+        kept: list[_Pkt] = []
+        audio_seen: list[_Pkt] = []          # audio demuxed before k0 is known may still belong to the clip
+        k0, k1 = None, float("inf")
+        for pkt in inp.demux(*streams):
+            if pkt.size == 0 or pkt.pts is None:
                 continue
-            if inside:
-                out.append(_Pkt("video", bytes(pkt), pkt.pts, pkt.dts, pkt.duration or 0, pkt.time_base, pkt.is_keyframe))
-        elif k0 - EPS <= t < k1 - EPS:
-            out.append(_Pkt("audio", bytes(pkt), pkt.pts, pkt.dts, pkt.duration or 0, pkt.time_base, pkt.is_keyframe))
-    return out
+            video = pkt.stream.index == vin.index
+            p = _Pkt(video, bytes(pkt), pkt.pts, pkt.dts, pkt.duration or 0, tbs[pkt.stream.index],
+                     pkt.time_base, bool(pkt.is_keyframe))
+            t = p.time
+            if video and p.is_keyframe:
+                if k0 is None or t <= start + EPS:
+                    # The clip (re)starts here: the latest keyframe at or before `start`, or the first
+                    # keyframe at all when none precedes `start`. Audio already read from t on is kept.
+                    k0 = t
+                    kept = [a for a in audio_seen + kept if not a.video and a.time >= k0 - EPS]
+                    audio_seen = []
+                elif k1 == float("inf") and t >= end - EPS:
+                    k1 = t
+            if video:
+                if k0 is not None and k1 == float("inf"):
+                    kept.append(p)
+            elif k0 is None:
+                audio_seen.append(p)
+            elif k0 - EPS <= t < k1 - EPS:
+                kept.append(p)
+            if k1 != float("inf") and (ain is None or (not video and t >= k1 - EPS)):
+                break
+        if k0 is not None and (k0 <= start + EPS or seek_to == 0.0):
+            return kept, k0, k1
+    raise MediaError("no keyframe found")
 
 
-def _mux(src: str, tmp: Path, packets: list[_Pkt], t0: float) -> None:
-    with av.open(src) as inp, av.open(str(tmp), "w", format="mp4") as outc:
-        vin = inp.streams.video[0]
-        ain = inp.streams.audio[0] if inp.streams.audio else None
+def _mux(inp, vin, ain, tmp: Path, packets: list[_Pkt], t0: float) -> None:
+    with av.open(str(tmp), "w", format="mp4") as outc:
         vout = outc.add_stream_from_template(vin)
-        aout = outc.add_stream_from_template(ain) if (ain is not None and any(p.stream_kind == "audio" for p in packets)) else None
+        aout = outc.add_stream_from_template(ain) if ain is not None else None
         # Rebase so the first video packet's dts is 0 (pts of B-frame streams then start slightly above 0).
-        first_v = next(p for p in packets if p.stream_kind == "video")
+        first_v = next(p for p in packets if p.video)
         v_off = first_v.dts if first_v.dts is not None else first_v.pts
         for p in packets:
-            stream = vout if p.stream_kind == "video" else aout
+            stream = vout if p.video else aout
             if stream is None:
                 continue
+            off = v_off if p.video else int(round(t0 / p.tb))
             pkt = av.Packet(p.data)
-            if p.stream_kind == "video":
-                off = v_off
-            else:
-                off = int(round(t0 / p.time_base)) if p.time_base else 0
-            pkt.pts = p.pts - off if p.pts is not None else None
+            pkt.pts = p.pts - off
             pkt.dts = (p.dts - off) if p.dts is not None else None
-            pkt.duration = p.duration
-            pkt.time_base = p.time_base
-            pkt.is_keyframe = p.is_keyframe
+            pkt.duration, pkt.time_base, pkt.is_keyframe = p.duration, p.time_base, p.is_keyframe
             pkt.stream = stream
             outc.mux(pkt)
 
