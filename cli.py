@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from ivdata.cliutil import CorpusOpt, RetryOpt, WorkersOpt, console, fail, open_corpus, report_stats
 
 app = typer.Typer(help="ivkit: video pretraining corpora (DuckDB manifest + WebDataset shards) and training.",
                   no_args_is_help=True, add_completion=False)
@@ -22,31 +23,6 @@ app.add_typer(corpus_app, name="corpus")
 app.add_typer(data_app, name="data")
 app.add_typer(manifest_app, name="manifest")
 app.add_typer(eval_app, name="eval")
-console = Console()
-
-CorpusOpt = typer.Option("default", "--corpus", "-c", envvar="IVKIT_CORPUS",
-                         help="Corpus name (manifests/NAME.duckdb under $IVKIT_HOME) or a .duckdb path.")
-WorkersOpt = typer.Option(0, "--workers", "-j", help="Parallel worker processes (0: run inline).")
-RetryOpt = typer.Option(False, "--retry-failed", help="Also redo items whose failure is recorded.")
-
-
-def _corpus(name: str):
-    from ivdata.corpus import Corpus
-    return Corpus.open(name)
-
-
-def _report(stage: str, stats) -> None:
-    c = stats.as_counts()
-    rate = f", {c['items_per_s']} items/s" if c.get("items_per_s") else ""
-    extra = {k: v for k, v in c.items() if k not in ("ok", "failed", "skipped", "pending", "seconds", "media_seconds",
-                                                     "items_per_s", "media_s_per_s")}
-    console.print(f"[bold]{stage}[/]: {stats.ok} ok, {stats.failed} failed, {stats.skipped} skipped "
-                  f"in {stats.seconds:.1f} s{rate}" + (f" {extra}" if extra else ""))
-
-
-def _fail(msg: str) -> None:
-    console.print(f"[red]error:[/] {msg}")
-    raise typer.Exit(2)
 
 
 # ------------------------------------------------------------------------------------------ corpus
@@ -60,14 +36,14 @@ def corpus_init(name: str = typer.Argument(..., help="Corpus name."),
     try:
         c = Corpus.init(name, root=root, manifest_path=manifest)
     except ManifestError as e:
-        _fail(str(e))
+        fail(str(e))
     console.print(f"corpus [bold]{c.name}[/]: manifest {c.manifest_path}, data {c.root}")
 
 
 @corpus_app.command("info")
 def corpus_info(corpus: str = CorpusOpt):
     """Counts per table and status."""
-    c = _corpus(corpus)
+    c = open_corpus(corpus)
     with c.manifest(read_only=True) as m:
         console.print(f"[bold]{c.name}[/]  manifest {c.manifest_path}  data {c.root}")
         for sql, title in [("SELECT status, count(*) AS n FROM videos GROUP BY 1 ORDER BY 1", "videos"),
@@ -87,17 +63,17 @@ def data_ingest(sources: List[str] = typer.Argument(..., help="Files, directorie
     from ivdata import pipeline
     from ivdata.stages.ingest import SourceError
     try:
-        _report("ingest", pipeline.ingest(_corpus(corpus), sources, source=source, workers=workers,
+        report_stats("ingest", pipeline.ingest(open_corpus(corpus), sources, source=source, workers=workers,
                                           retry_failed=retry_failed, max_bytes=max_bytes, timeout_s=timeout))
     except SourceError as e:
-        _fail(str(e))
+        fail(str(e))
 
 
 @data_app.command("probe")
 def data_probe(corpus: str = CorpusOpt, workers: int = WorkersOpt, retry_failed: bool = RetryOpt):
     """Container/stream facts and decodability; unreadable files are recorded with a reason."""
     from ivdata import pipeline
-    _report("probe", pipeline.probe(_corpus(corpus), workers=workers, retry_failed=retry_failed))
+    report_stats("probe", pipeline.probe(open_corpus(corpus), workers=workers, retry_failed=retry_failed))
 
 
 @data_app.command("split")
@@ -117,8 +93,8 @@ def data_split(corpus: str = CorpusOpt,
         cfg = SplitConfig(method=method, min_s=min_s, max_s=max_s, window_s=window_s, seed=seed,
                           detector=detector, weights=weights, threshold=threshold)
     except ValueError as e:
-        _fail(str(e))
-    _report("split", pipeline.split(_corpus(corpus), cfg, workers=workers, retry_failed=retry_failed))
+        fail(str(e))
+    report_stats("split", pipeline.split(open_corpus(corpus), cfg, workers=workers, retry_failed=retry_failed))
 
 
 @data_app.command("cut")
@@ -134,8 +110,8 @@ def data_cut(corpus: str = CorpusOpt,
     try:
         cfg = CutConfig(mode=mode, short_side=short_side, fps=fps, crf=crf, flac=flac)
     except ValueError as e:
-        _fail(str(e))
-    _report("cut", pipeline.cut(_corpus(corpus), cfg, workers=workers, retry_failed=retry_failed))
+        fail(str(e))
+    report_stats("cut", pipeline.cut(open_corpus(corpus), cfg, workers=workers, retry_failed=retry_failed))
 
 
 @data_app.command("shard")
@@ -152,14 +128,14 @@ def data_shard(corpus: str = CorpusOpt, subset: str = typer.Option("all", help="
     from ivdata.stages.shard import ShardConfig
     cfg = ShardConfig(subset=subset, shardset=shardset, maxcount=maxcount, maxsize=int(maxsize), flac=flac,
                       include_labels=include_labels, txt_kinds=tuple(k.strip() for k in txt.split(",") if k.strip()))
-    _report("shard", pipeline.shard(_corpus(corpus), cfg, workers=workers))
+    report_stats("shard", pipeline.shard(open_corpus(corpus), cfg, workers=workers))
 
 
 @data_app.command("verify")
 def data_verify(corpus: str = CorpusOpt, shardset: Optional[str] = typer.Option(None, help="Only this shard set.")):
     """Check that shards on disk and the manifest agree (hashes, members, no strays)."""
     from ivdata.shards.verify import verify
-    problems, counts = verify(_corpus(corpus), shardset)
+    problems, counts = verify(open_corpus(corpus), shardset)
     for p in problems:
         console.print(f"[red]✗[/] {p}")
     console.print(f"{counts['shards']} shards, {counts['samples']} samples checked, {len(problems)} problems")
@@ -193,11 +169,11 @@ def data_build(sources: List[str] = typer.Argument(...), corpus: str = CorpusOpt
     from ivdata.stages.shard import ShardConfig
     from ivdata.stages.split import SplitConfig
     c = pipeline.open_or_init(corpus)
-    _report("ingest", pipeline.ingest(c, sources, source=source, workers=workers))
-    _report("probe", pipeline.probe(c, workers=workers))
-    _report("split", pipeline.split(c, SplitConfig(method=split), workers=workers))
-    _report("cut", pipeline.cut(c, CutConfig(mode=cut, short_side=short_side, fps=fps), workers=workers))
-    _report("shard", pipeline.shard(c, ShardConfig(maxcount=maxcount), workers=workers))
+    report_stats("ingest", pipeline.ingest(c, sources, source=source, workers=workers))
+    report_stats("probe", pipeline.probe(c, workers=workers))
+    report_stats("split", pipeline.split(c, SplitConfig(method=split), workers=workers))
+    report_stats("cut", pipeline.cut(c, CutConfig(mode=cut, short_side=short_side, fps=fps), workers=workers))
+    report_stats("shard", pipeline.shard(c, ShardConfig(maxcount=maxcount), workers=workers))
 
 
 # ----------------------------------------------------------------------------------------- manifest
@@ -221,7 +197,7 @@ def manifest_query(sql: str = typer.Argument(..., help="SQL over videos, clips, 
     """Run SQL on a read-only connection; print a table or write a file."""
     import duckdb
     from ivdata.manifest import Manifest, ManifestError, write_query_result
-    c = _corpus(corpus)
+    c = open_corpus(corpus)
     try:
         with Manifest(c.manifest_path, read_only=True) as m:
             if out:
@@ -230,7 +206,7 @@ def manifest_query(sql: str = typer.Argument(..., help="SQL over videos, clips, 
             else:
                 _print_table(m.execute(sql), limit=limit)
     except (duckdb.Error, ManifestError) as e:
-        _fail(str(e))
+        fail(str(e))
 
 
 @manifest_app.command("select")
@@ -240,17 +216,17 @@ def manifest_select(name: str = typer.Argument(..., help="Subset name."), corpus
     """Create or replace a named subset of clips."""
     from ivdata.manifest import ManifestError
     try:
-        with _corpus(corpus).manifest() as m:
+        with open_corpus(corpus).manifest() as m:
             n = m.select_subset(name, where=where, sql=sql)
     except ManifestError as e:
-        _fail(str(e))
+        fail(str(e))
     console.print(f"subset [bold]{name}[/]: {n} clips")
 
 
 @manifest_app.command("export")
 def manifest_export(out: Path = typer.Option(..., help="Folder for one Parquet file per table."), corpus: str = CorpusOpt):
     """Export every table to Parquet (readable by any tool)."""
-    with _corpus(corpus).manifest(read_only=True) as m:
+    with open_corpus(corpus).manifest(read_only=True) as m:
         files = m.export_parquet(out)
     console.print(f"wrote {len(files)} tables to {out}")
 
@@ -259,8 +235,13 @@ def manifest_export(out: Path = typer.Option(..., help="Folder for one Parquet f
 def manifest_migrate(corpus: str = CorpusOpt):
     """Bring a manifest to this ivkit's schema version."""
     from ivdata.manifest import Manifest
-    with Manifest(_corpus(corpus).manifest_path) as m:
+    with Manifest(open_corpus(corpus).manifest_path) as m:
         console.print(f"schema version {m.schema_version()}")
+
+
+from ivdata.curate.cli import mount as _mount_curation  # noqa: E402
+
+_mount_curation(data_app, corpus_app)
 
 
 def main() -> None:

@@ -18,8 +18,12 @@ $IV data probe --workers 2
 $IV data split --method shots --workers 2
 $IV data cut --mode reencode --short-side 224 --workers 2
 
-step "shard every good clip, then verify shards against the manifest"
-$IV data shard --maxcount 4
+step "curate: exact + near-duplicate dedup and eval-leakage checks (carphone_distorted is a degraded copy of carphone_pristine), motion scores"
+$IV data dedupe --workers 2
+$IV data score --metrics motion --workers 2
+
+step "shard the deduplicated subset, then verify shards against the manifest"
+$IV data shard --subset deduped --maxcount 4
 $IV data verify
 
 step "SQL over the manifest (read-only)"
@@ -28,5 +32,10 @@ $IV manifest query "SELECT v.source, count(*) AS clips, round(sum(c.duration_s),
                     FROM clips c JOIN videos v USING (video_id) WHERE c.status = 'ok' GROUP BY 1"
 $IV manifest query "SELECT regexp_extract(uri, '[^/]+$') AS file, status, coalesce(error, '') AS error,
                     round(duration_s, 2) AS duration_s, width, height, has_audio FROM videos ORDER BY file"
+$IV manifest query "SELECT clip_id, method, kept, matched_clip_id, round(similarity, 3) AS similarity
+                    FROM dedup WHERE NOT kept"
 $IV manifest select with_audio --where "has_audio"
 $IV corpus info
+
+step "corpus report (HTML + PNG plots)"
+$IV corpus report

@@ -11,6 +11,7 @@ from ivdata.curate.sources.hacs import read_hacs
 from ivdata.curate.sources.kinetics import read_kinetics
 from ivdata.curate.sources.mit import read_mit
 from ivdata.curate.sources.ssv2 import read_ssv2
+from ivdata.curate.sources.videolist import read_videolist
 
 READERS: dict[str, Callable[..., list[dict]]] = {
     "kinetics": read_kinetics,
@@ -18,9 +19,11 @@ READERS: dict[str, Callable[..., list[dict]]] = {
     "mit": read_mit,
     "activitynet": read_activitynet,
     "hacs": read_hacs,
+    "videolist": read_videolist,
 }
 # The dataset name each format's rows carry unless a recipe says otherwise.
-DEFAULT_SOURCE = {"kinetics": "k400", "ssv2": "ssv2", "mit": "mit", "activitynet": "anet", "hacs": "hacs"}
+DEFAULT_SOURCE = {"kinetics": "k400", "ssv2": "ssv2", "mit": "mit", "activitynet": "anet", "hacs": "hacs",
+                  "videolist": "extra"}
 
 
 def read_source(fmt: str, path: str | Path, source: str | None = None, split: str | None = None) -> list[dict]:

@@ -29,7 +29,10 @@ def read_activitynet(path: str | Path, source: str = "anet", split: str | None =
             raise SourceFormatError(f"{where}: entry without 'subset'")
         sp = normalise_split(split or info["subset"], where)
         duration = parse_seconds(info.get("duration"), where, "duration")
-        extra = {k: info[k] for k in ("url", "resolution") if info.get(k)}
+        # `url` is renamed: to ingest, a row's url is where to download the file from.
+        extra = {"youtube_url": info["url"]} if info.get("url") else {}
+        if info.get("resolution"):
+            extra["resolution"] = info["resolution"]
         if duration is not None:
             extra["video_duration"] = duration
         anns = info.get("annotations") or []

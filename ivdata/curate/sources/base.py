@@ -59,8 +59,18 @@ def make_row(source: str, source_id: str, start: float | None, end: float | None
     row = {"source": source, "source_id": source_id, "start": start, "end": end, "split": split,
            "label": label, "path": None, "id_namespace": namespace,
            "annotation_file": str(annotation_file), "annotation_line": line}
+    clash = {"path", "url", "uri"} & set(extra)
+    if clash:  # ingest reads these as where the file is: a dataset's own fields must not pose as them
+        raise SourceFormatError(f"{annotation_file}:{line}: extra field(s) {sorted(clash)} are reserved")
     row.update(extra)
     return row
+
+
+def extra_columns(rec: dict, used: tuple[str, ...]) -> dict:
+    """A file's other columns, kept as metadata; `path`/`url`/`uri` renamed so ingest never reads them
+    as the file's location."""
+    return {(f"orig_{k}" if k in ("path", "url", "uri") else k): v for k, v in rec.items()
+            if k and k not in used}
 
 
 def source_key(row: dict) -> str:
@@ -141,8 +151,13 @@ def resolve_paths(rows: list[dict], videos_dir: str | Path | VideoIndex, report:
     index = videos_dir if isinstance(videos_dir, VideoIndex) else VideoIndex(videos_dir)
     report = report or ResolveReport()
     for row in rows:
-        path = index.find(file_candidates(row))
+        candidates = file_candidates(row)
+        path = index.find(candidates)
         row["path"] = str(path) if path else None
+        # A Kinetics-style trimmed file *is* the annotated span: its span in the file starts at 0.
+        row["file_is_span"] = bool(path and row.get("start") is not None and row.get("end") is not None
+                                   and row.get("id_namespace") == "youtube" and path.stem == candidates[0]
+                                   and candidates[0] != str(row["source_id"]))
         if path:
             report.found[row["source"]] += 1
         else:

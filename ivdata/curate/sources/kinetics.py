@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from ivdata.curate.sources.base import SourceFormatError, make_row, normalise_split, parse_seconds
+from ivdata.curate.sources.base import SourceFormatError, extra_columns, make_row, normalise_split, parse_seconds
 
 REQUIRED = ("youtube_id", "time_start", "time_end")
 
@@ -34,7 +34,7 @@ def read_kinetics(path: str | Path, source: str = "k400", split: str | None = No
                 raise SourceFormatError(f"{where}: empty youtube_id")
             start = parse_seconds(rec.get("time_start"), where, "time_start")
             end = parse_seconds(rec.get("time_end"), where, "time_end")
-            extra = {k: v for k, v in rec.items() if k not in (*REQUIRED, "label", "split") and k}
+            extra = extra_columns(rec, (*REQUIRED, "label", "split"))
             rows.append(make_row(source, yid, start, end,
                                  normalise_split(rec.get("split") or split, where),
                                  (rec.get("label") or "").strip() or None, "youtube", path, line, **extra))

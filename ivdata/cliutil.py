@@ -1,0 +1,36 @@
+"""What every `iv` command module shares: the console, common options, error exits, stage summaries."""
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+console = Console(soft_wrap=True)
+
+CorpusOpt = typer.Option("default", "--corpus", "-c", envvar="IVKIT_CORPUS",
+                         help="Corpus name (manifests/NAME.duckdb under $IVKIT_HOME) or a .duckdb path.")
+WorkersOpt = typer.Option(0, "--workers", "-j", help="Parallel worker processes (0: run inline).")
+RetryOpt = typer.Option(False, "--retry-failed", help="Also redo items whose failure is recorded.")
+
+_SUMMARY_KEYS = ("ok", "failed", "skipped", "pending", "seconds", "media_seconds", "items_per_s", "media_s_per_s")
+
+
+def fail(msg: str) -> None:
+    console.print(f"[red]error:[/] {msg}")
+    raise typer.Exit(2)
+
+
+def open_corpus(name: str):
+    from ivdata.corpus import Corpus
+    from ivdata.manifest import ManifestError
+    try:
+        return Corpus.open(name)
+    except ManifestError as e:
+        fail(str(e))
+
+
+def report_stats(stage: str, stats) -> None:
+    c = stats.as_counts()
+    rate = f", {c['items_per_s']} items/s" if c.get("items_per_s") else ""
+    extra = {k: v for k, v in c.items() if k not in _SUMMARY_KEYS}
+    console.print(f"[bold]{stage}[/]: {stats.ok} ok, {stats.failed} failed, {stats.skipped} skipped "
+                  f"in {stats.seconds:.1f} s{rate}" + (f" {extra}" if extra else ""))
