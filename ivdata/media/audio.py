@@ -44,24 +44,30 @@ def decode_audio(src: str, start: float = 0.0, end: float | None = None, rate: i
     return data, out_rate
 
 
+def encode_audio(container, stream, samples: np.ndarray, rate: int) -> None:
+    """Encode planar float32 samples (channels, n) into `stream` of an open output container and flush it.
+    Frames are cut to the encoder's frame size (AAC needs exactly 1024); the stream converts the sample
+    format when it differs (e.g. FLAC's s16)."""
+    layout = "stereo" if samples.shape[0] == 2 else "mono"
+    step = stream.codec_context.frame_size or 4096
+    for i in range(0, samples.shape[1], step):
+        chunk = np.ascontiguousarray(samples[:, i:i + step], dtype=np.float32)
+        frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
+        frame.sample_rate, frame.pts = rate, i
+        for pkt in stream.encode(frame):
+            container.mux(pkt)
+    for pkt in stream.encode(None):
+        container.mux(pkt)
+
+
 def write_flac(samples: np.ndarray, rate: int, out: Path) -> None:
     """Write (1, n) float32 audio as 16-bit FLAC, atomically."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(out)
     try:
-        pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
         with av.open(str(tmp), "w", format="flac") as c:
-            s = c.add_stream("flac", rate=rate)
-            s.layout = "mono"
-            s.format = "s16"
-            step = 4096
-            for i in range(0, pcm.shape[1], step):
-                f = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, i:i + step]), format="s16", layout="mono")
-                f.sample_rate, f.pts = rate, i
-                for pkt in s.encode(f):
-                    c.mux(pkt)
-            for pkt in s.encode(None):
-                c.mux(pkt)
+            s = c.add_stream("flac", rate=rate, layout="mono", format="s16")
+            encode_audio(c, s, np.clip(samples, -1, 1), rate)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ import numpy as np
 
 from ivdata.fsutil import temp_name
 
-from ivdata.media.audio import decode_audio
+from ivdata.media.audio import decode_audio, encode_audio
 from ivdata.media.probe import MediaError, _msg
 
 EPS = 1e-6
@@ -197,7 +197,7 @@ def cut_reencode(src: str, out: Path, start: float, end: float, short_side: int 
                 samples, arate = decode_audio(src, start, clip_end, rate=aout.codec_context.sample_rate,
                                               mono=aout.layout.name == "mono")
                 if samples is not None and samples.size:
-                    _encode_audio(outc, aout, samples, arate)
+                    encode_audio(outc, aout, samples, arate)
                     has_audio = True
         if not has_audio and aout is not None:
             # Declared an audio track but the span had no audio samples: rewrite without the empty track.
@@ -234,18 +234,3 @@ def _frames_in_span(inp, vin, start: float, end: float, out_rate: Fraction, src_
     while prev is not None and n < n_out and start + n * step < (prev.time or 0.0) + src_step - EPS:
         yield prev
         n += 1
-
-
-def _encode_audio(outc, aout, samples: np.ndarray, rate: int) -> None:
-    layout = "stereo" if samples.shape[0] == 2 else "mono"
-    frame_size = aout.codec_context.frame_size or 1024
-    pts = 0
-    for i in range(0, samples.shape[1], frame_size):
-        chunk = np.ascontiguousarray(samples[:, i:i + frame_size], dtype=np.float32)
-        frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
-        frame.sample_rate, frame.pts = rate, pts
-        pts += chunk.shape[1]
-        for pkt in aout.encode(frame):
-            outc.mux(pkt)
-    for pkt in aout.encode(None):
-        outc.mux(pkt)

@@ -10,6 +10,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from ivdata.media.audio import encode_audio
+
 
 def make_video(path: str | Path, seconds: float = 3.0, fps: int = 25, size: tuple[int, int] = (320, 240),
                audio: str | None = "tone", scenes: int = 1, seed: int = 0, codec: str = "libx264",
@@ -49,13 +51,7 @@ def make_video(path: str | Path, seconds: float = 3.0, fps: int = 25, size: tupl
             total = int(n / fps * audio_rate)
             t = np.arange(total) / audio_rate
             wave = (0.3 * np.sin(2 * np.pi * 440 * t) if audio == "tone" else np.zeros(total)).astype(np.float32)
-            for i in range(0, total, 1024):
-                f = av.AudioFrame.from_ndarray(wave[None, i:i + 1024], format="fltp", layout="mono")
-                f.sample_rate, f.pts = audio_rate, i
-                for pkt in as_.encode(f):
-                    c.mux(pkt)
-            for pkt in as_.encode(None):
-                c.mux(pkt)
+            encode_audio(c, as_, wave[None], audio_rate)
     return path
 
 
@@ -65,13 +61,7 @@ def make_audio_only(path: str | Path, seconds: float = 2.0, rate: int = 44100) -
         s = c.add_stream("aac", rate=rate)
         s.layout = "mono"
         wave = (0.3 * np.sin(2 * np.pi * 220 * np.arange(int(seconds * rate)) / rate)).astype(np.float32)
-        for i in range(0, len(wave), 1024):
-            f = av.AudioFrame.from_ndarray(wave[None, i:i + 1024], format="fltp", layout="mono")
-            f.sample_rate, f.pts = rate, i
-            for pkt in s.encode(f):
-                c.mux(pkt)
-        for pkt in s.encode(None):
-            c.mux(pkt)
+        encode_audio(c, s, wave[None], rate)
     return path
 
 
