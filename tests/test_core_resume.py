@@ -73,7 +73,8 @@ def test_sigkill_during_cut_then_rerun(windowed_corpus):
     assert len(rows) == 24 and {r["status"] for r in rows} == {"ok"}
     for r in rows:
         assert count_frames_decoded(r["path"])[0] == r["num_frames"] >= 50  # whole GOPs covering 2 s
-    assert not list(c.clips_dir.rglob(".*.mp4"))  # no temp files left behind by the rerun's own work
+    assert not list((c.clips_dir / "incoming").iterdir())   # the killed run's half-made files are gone
+    assert not list(c.clips_dir.rglob(".*"))
 
 
 def test_sigkill_during_shard_then_rerun(windowed_corpus):

@@ -2,18 +2,19 @@
 
 needs: clips (pending spans), videos.path. produces: clips.{path, audio_path, sha256, bytes, actual span,
 num_frames, fps, width, height, has_audio}, status 'ok' or 'failed' with the reason.
-A clip file is written under a temporary name and renamed only when complete; the manifest records
-it after the rename, so a killed run leaves at most an orphan file that the rerun rewrites in place.
+A clip is made in clips/incoming/ (itself written atomically), then renamed to its content address; the
+manifest records it after the rename. A killed run leaves at most files in incoming/, which the rerun clears,
+or a complete clip at its address, which the rerun rewrites with the same bytes.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from ivdata.corpus import Corpus
-from ivdata.fsutil import temp_name
 from ivdata.manifest import Manifest
 from ivdata.media.audio import decode_audio, write_flac
 from ivdata.media.cut import cut_copy, cut_reencode
@@ -56,36 +57,43 @@ class CutStage(Stage):
         super().__init__(corpus)
         self.cfg = cfg or CutConfig()
 
+    @property
+    def incoming(self) -> Path:
+        """Where clips are made before they move to their content address: one folder, so the orphans of
+        a killed run are found without walking the whole store."""
+        return self.corpus.clips_dir / "incoming"
+
     def pending(self, m: Manifest, retry_failed: bool) -> list[dict]:
+        # One writer per manifest and no worker running yet: anything in incoming/ is a killed run's leftover.
+        shutil.rmtree(self.incoming, ignore_errors=True)
+        self.incoming.mkdir(parents=True, exist_ok=True)
         status = "('pending', 'failed')" if retry_failed else "('pending')"
         return m.rows("SELECT c.clip_id, c.video_id, c.start_s, c.end_s, v.path AS src FROM clips c "
                       f"JOIN videos v USING (video_id) WHERE c.status IN {status} ORDER BY c.clip_id")
 
     def work(self, item: dict) -> dict:
         cfg, store = self.cfg, self.corpus.clips_dir
-        store.mkdir(parents=True, exist_ok=True)
-        tmp = temp_name(store / f"{item['clip_id']}.mp4")
-        try:
-            if cfg.mode == "copy":
-                r = cut_copy(item["src"], tmp, item["start_s"], item["end_s"])
-            else:
-                r = cut_reencode(item["src"], tmp, item["start_s"], item["end_s"], cfg.short_side, cfg.fps,
-                                 cfg.crf, cfg.preset)
-            facts = probe(str(tmp))        # record what the file really holds
-            sha = sha256_file(tmp)
-            final = store / sha[:2] / f"{sha}.mp4"
-            final.parent.mkdir(parents=True, exist_ok=True)
-            nbytes = tmp.stat().st_size
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
+        staged = self.incoming / f"{item['clip_id']}.mp4"
+        if cfg.mode == "copy":
+            r = cut_copy(item["src"], staged, item["start_s"], item["end_s"])
+        else:
+            r = cut_reencode(item["src"], staged, item["start_s"], item["end_s"], cfg.short_side, cfg.fps,
+                             cfg.crf, cfg.preset)
+        facts = probe(str(staged))        # record what the file really holds
+        sha = sha256_file(staged)
+        nbytes = staged.stat().st_size
+        final = store / sha[:2] / f"{sha}.mp4"
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, final)
         audio_path = None
         if cfg.flac and facts.has_audio:
             flac = final.with_suffix(".flac")
             if not flac.exists():
                 samples, rate = decode_audio(str(final), 0.0, None, rate=16000, mono=True)
                 if samples is not None and samples.size:
-                    write_flac(samples, rate, flac)
+                    staged_flac = self.incoming / f"{item['clip_id']}.flac"
+                    write_flac(samples, rate, staged_flac)
+                    os.replace(staged_flac, flac)
             audio_path = str(flac) if flac.exists() else None
         return {"cut_mode": cfg.mode, "cut_start_s": r.start_s, "cut_end_s": r.end_s, "path": str(final),
                 "audio_path": audio_path, "sha256": sha, "bytes": nbytes,
