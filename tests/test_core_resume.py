@@ -39,8 +39,9 @@ def windowed_corpus(tmp_path_factory):
     return c
 
 
-def _kill_when(cmd: list[str], env: dict, ready, seed: int, timeout: float = 300) -> bool:
-    """Start cmd; SIGKILL it as soon as ready() turns true (plus a random few ms). True if it was killed mid-run."""
+def _kill_when(cmd: list[str], env: dict, ready, seed: int, timeout: float = 300) -> tuple[bool, str]:
+    """Start cmd; SIGKILL it as soon as ready() turns true (plus a random few ms).
+    Returns (killed mid-run?, the process's stderr when it ended on its own)."""
     rng = random.Random(seed)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     t0 = time.monotonic()
@@ -49,10 +50,10 @@ def _kill_when(cmd: list[str], env: dict, ready, seed: int, timeout: float = 300
             time.sleep(rng.uniform(0, 0.05))
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            return True
+            return True, ""
         time.sleep(0.005)
     proc.wait()
-    return False
+    return False, f"exit {proc.returncode}: " + proc.stderr.read().decode(errors="replace")[-3000:]
 
 
 def _env(corpus) -> dict:
@@ -64,8 +65,8 @@ def test_sigkill_during_cut_then_rerun(windowed_corpus):
     seed = random.SystemRandom().randrange(1 << 30)
     k = random.Random(seed).randint(2, 16)
     count = lambda: sum(1 for _ in c.clips_dir.rglob("*.mp4")) if c.clips_dir.exists() else 0
-    killed = _kill_when(iv_command() + ["data", "cut", "-c", "resume", "--mode", "copy"], _env(c),
-                        lambda: count() >= k, seed)
+    killed, _ = _kill_when(iv_command() + ["data", "cut", "-c", "resume", "--mode", "copy"], _env(c),
+                           lambda: count() >= k, seed)
     print(f"seed={seed} k={k} killed={killed}")
     pipeline.cut(c)   # the rerun
     with c.manifest(read_only=True) as m:
@@ -84,10 +85,10 @@ def test_sigkill_during_shard_then_rerun(windowed_corpus):
     k = random.Random(seed).randint(1, 20)
     d = c.shard_dir("all")
     count = lambda: len(list(d.glob("all-*.tar"))) if d.exists() else 0
-    killed = _kill_when(iv_command() + ["data", "shard", "-c", "resume", "--maxcount", "1"], _env(c),
-                        lambda: count() >= k, seed)
+    killed, err = _kill_when(iv_command() + ["data", "shard", "-c", "resume", "--maxcount", "1"], _env(c),
+                             lambda: count() >= k, seed)
     print(f"seed={seed} k={k} killed={killed}")
-    assert killed, "the shard run finished before it could be killed"
+    assert killed, f"the shard run ended before it could be killed (seed {seed}, k {k}): {err}"
     res = subprocess.run(iv_command() + ["data", "shard", "-c", "resume", "--maxcount", "1"], env=_env(c),
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
