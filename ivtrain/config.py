@@ -1,0 +1,254 @@
+"""Typed recipes: dataclasses loaded from YAML, with dotted overrides and strict checking.
+
+A recipe is a tree of dataclasses. `load_recipe(path, overrides)` reads the YAML, applies
+`a.b.c=value` overrides (values parsed as YAML scalars), and converts the tree into the
+dataclasses, failing with the dotted path of any unknown or ill-typed key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe key is unknown, missing or of the wrong type."""
+
+
+@dataclass
+class DataConfig:
+    shards: str = ""                 # a .wids.json index, a .txt shard list, a directory of .tar, or a .tar
+    num_frames: int = 8              # frames the student sees
+    teacher_frames: int = 16         # frames sampled per clip; the student takes every (teacher_frames // num_frames)-th
+    image_size: int = 224
+    scales: list[float] = field(default_factory=lambda: [1.0, 0.875, 0.75, 0.66])
+    max_distort: int = 1             # MultiScaleCrop: how far apart the width and height scale may be
+    flip: bool = True
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    batch_size: int = 2              # per process, per micro step
+    num_workers: int = 2
+    shuffle: bool = True
+    train: bool = True               # random sampling offsets + augmentation; False: centre frames, centre crop
+    label_key: str = "label"         # json field returned as the label when present
+
+
+@dataclass
+class ViTConfig:
+    size: str = "tiny"               # tiny | b | l | 1b | 6b ; fields below that are set override the preset
+    img_size: int = 0
+    patch_size: int = 0
+    num_frames: int = 0
+    tubelet_size: int = 1
+    embed_dim: int = 0
+    depth: int = 0
+    num_heads: int = 0
+    mlp_dim: int = 0
+    qk_norm: bool = True
+    layerscale_init: float = 0.1
+    drop_path: float = 0.0
+    attn_backend: Literal["auto", "sdpa", "flash"] = "auto"
+    checkpoint_activations: bool = False
+
+
+@dataclass
+class TeacherConfig:
+    path: str = ""                   # local directory holding the model (config + weights)
+    backend: Literal["transformers", "open_clip"] = "transformers"
+    layers: int = 0                  # how many last layers to tap; 0 -> loss.align_layers
+    num_frames: int = 0              # motion teacher: frames it sees (0 -> data.teacher_frames)
+
+
+@dataclass
+class TeachersConfig:
+    semantic: TeacherConfig = field(default_factory=TeacherConfig)
+    motion: TeacherConfig = field(default_factory=TeacherConfig)
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"   # auto: bf16 on CUDA, fp32 on CPU
+
+
+@dataclass
+class MaskConfig:
+    type: Literal["attention", "tube", "random"] = "attention"
+    ratio: float = 0.8               # fraction of tokens hidden from the student
+
+
+@dataclass
+class LossConfig:
+    align_layers: int = 6            # last-K student layers aligned to the last-K semantic teacher layers
+    semantic_weight: float = 1.0     # last-K layer alignment to the semantic teacher
+    pooled_weight: float = 1.0       # pooled student output vs semantic teacher pooled feature
+    motion_weight: float = 1.0       # last-K layer alignment to the motion teacher
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1.5e-4
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    warmup_steps: int = 0
+    layer_decay: float = 1.0         # < 1: layer-wise LR decay (deeper layers learn faster)
+    clip_grad: float = 3.0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    grad_accum: int = 1
+    zero_stage: int = 1
+    bf16: bool = False
+    seed: int = 0
+    out_dir: str = "runs/iv2_stage1"
+    ckpt_every: int = 0              # 0: only at exit
+    keep_last: int = 2
+    log_every: int = 1
+    tensorboard: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    resume: bool = True              # continue from the newest checkpoint in out_dir when there is one
+    peak_tflops: float = 0.0         # per-device peak for MFU; 0: known CUDA devices only (no MFU on CPU)
+    export: bool = True              # write student.safetensors (plain weights) at the end
+    debug_kill_at_step: int = 0      # fault injection for resume tests: SIGKILL this process after that step
+
+
+@dataclass
+class Recipe:
+    objective: str = "iv2_stage1"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ViTConfig = field(default_factory=ViTConfig)
+    teachers: TeachersConfig = field(default_factory=TeachersConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ---------------------------------------------------------------- conversion
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
+        return build_dataclass(tp, value, where)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(choices)}")
+        return value
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        errors = []
+        for a in args:
+            try:
+                return _convert(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError("; ".join(errors))
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_convert(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    if tp is Any:
+        return value
+    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")
+
+
+def build_dataclass(cls: type, raw: dict, where: str = "") -> Any:
+    """Build dataclass `cls` from a plain dict; unknown keys and bad types raise ConfigError."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        path = f"{where}." if where else ""
+        raise ConfigError(f"unknown key {path}{unknown[0]} (valid keys{' of ' + where if where else ''}: "
+                          f"{', '.join(sorted(names))})")
+    kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def apply_override(raw: dict, override: str) -> None:
+    """Apply one `a.b.c=value` override to a nested dict; the value is parsed as YAML."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like key.path=value")
+    key, text = override.split("=", 1)
+    parts = [p for p in key.strip().split(".")]
+    if not all(parts):
+        raise ConfigError(f"override {override!r}: empty key segment")
+    node = raw
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {p} is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a YAML recipe (or start from the defaults when path is None) and apply overrides."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe {path} does not exist")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"recipe {path}: top level must be a mapping")
+    for ov in overrides:
+        apply_override(raw, ov)
+    recipe = build_dataclass(Recipe, raw)
+    validate(recipe)
+    return recipe
+
+
+def validate(r: Recipe) -> None:
+    d = r.data
+    if d.num_frames <= 0 or d.teacher_frames % d.num_frames:
+        raise ConfigError(f"data.teacher_frames ({d.teacher_frames}) must be a multiple of data.num_frames ({d.num_frames})")
+    if d.batch_size <= 0:
+        raise ConfigError("data.batch_size must be positive")
+    if not 0.0 <= r.mask.ratio < 1.0:
+        raise ConfigError(f"mask.ratio must be in [0, 1), got {r.mask.ratio}")
+    if r.train.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"train.zero_stage must be 0-3, got {r.train.zero_stage}")
+    if r.train.grad_accum < 1:
+        raise ConfigError("train.grad_accum must be >= 1")
+    if len(r.optim.betas) != 2:
+        raise ConfigError("optim.betas must hold two numbers")
+
+
+def to_dict(obj: Any) -> dict:
+    return dataclasses.asdict(obj)

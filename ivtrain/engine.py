@@ -1,0 +1,344 @@
+"""The training engine: DeepSpeed set-up, the loop, checkpoints with exact resume, metrics.
+
+It knows nothing about stages: an objective hands it a trainable module and a `prepare` step
+(see ivtrain.objectives). Resume restores model, optimizer, LR schedule (DeepSpeed checkpoint),
+and per rank the RNG states and the data position (the number of the next batch).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import signal
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ivtrain.config import Recipe, to_dict
+from ivtrain.data.shards import make_loader
+from ivtrain.optim import lr_factor, param_groups
+
+# dense bf16 peak per device, for MFU (TFLOP/s)
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "A800": 312.0, "H800": 989.0, "L40S": 362.0, "4090": 165.0}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def setup_distributed(device: torch.device) -> tuple[int, int, int]:
+    """Initialize torch.distributed (gloo on CPU, nccl on CUDA); single process works without a launcher."""
+    import deepspeed
+
+    if "RANK" not in os.environ:  # plain `python`: a world of one
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", verbose=False)
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device=cuda but CUDA is not available")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def peak_flops(recipe: Recipe, device: torch.device) -> float | None:
+    if recipe.train.peak_tflops > 0:
+        return recipe.train.peak_tflops * 1e12
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, tflops in PEAK_TFLOPS.items():
+            if key in name:
+                return tflops * 1e12
+    return None
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": json.dumps(random.getstate()),
+             "numpy": {"key": np_state[0], "state": torch.from_numpy(np_state[1].astype(np.int64)),
+                       "pos": np_state[2], "has_gauss": np_state[3], "gauss": np_state[4]}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    py = json.loads(state["python"])
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n["key"], n["state"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux -> GiB (process peak RSS)
+
+
+class MetricsSink:
+    """Rank-0 metrics: rich console lines, JSONL, TensorBoard."""
+
+    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool):
+        self.enabled = enabled
+        self.writer = None
+        if not enabled:
+            return
+        from rich.console import Console
+
+        self.console = Console(highlight=False, soft_wrap=True)
+        self.jsonl = open(out_dir / "metrics.jsonl", "a")
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out_dir / "tensorboard"))
+
+    def log(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.jsonl.flush()
+        if self.writer is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and v is not None:
+                    self.writer.add_scalar(k, v, step)
+        parts = [f"[bold]step {step}[/bold]", f"loss {metrics['loss']:.4f}"]
+        parts += [f"{k.split('/')[-1]} {v:.4f}" for k, v in metrics.items() if k.startswith("loss/")]
+        parts += [f"lr {metrics['lr']:.2e}", f"{metrics['samples_per_s']:.1f} clips/s",
+                  f"step {metrics['step_time_s'] * 1000:.0f} ms"]
+        if metrics.get("mfu") is not None:
+            parts.append(f"MFU {metrics['mfu'] * 100:.1f}%")
+        self.console.print("  ".join(parts))
+
+    def close(self) -> None:
+        if self.enabled:
+            self.jsonl.close()
+            if self.writer is not None:
+                self.writer.close()
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe):
+        import deepspeed
+
+        from ivtrain.objectives import build_objective
+
+        self.recipe = recipe
+        tc = recipe.train
+        self.device = pick_device(tc.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.rank, self.world, _ = setup_distributed(self.device)
+        self.out_dir = Path(tc.out_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        if self.rank == 0:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "recipe.json").write_text(json.dumps(to_dict(recipe), indent=2))
+        dist.barrier()
+
+        # the same seed on every rank for the weights; rank-specific streams for masks afterwards
+        torch.manual_seed(tc.seed)
+        self.objective = build_objective(recipe, self.device)
+        model = self.objective.trainable
+        optimizer = torch.optim.AdamW(param_groups(model, recipe.optim), lr=recipe.optim.lr,
+                                      betas=tuple(recipe.optim.betas), eps=recipe.optim.eps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, tc.steps, recipe.optim))
+        ds_config = {
+            "train_micro_batch_size_per_gpu": recipe.data.batch_size,
+            "gradient_accumulation_steps": tc.grad_accum,
+            "train_batch_size": recipe.data.batch_size * tc.grad_accum * self.world,
+            "gradient_clipping": recipe.optim.clip_grad,
+            "zero_optimization": {"stage": tc.zero_stage},
+            "bf16": {"enabled": tc.bf16},
+            "steps_per_print": 10**9,
+            "zero_allow_untested_optimizer": True,
+        }
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                    config=ds_config)
+        torch.manual_seed(tc.seed * 1000 + self.rank + 1)
+        self.step = 0
+        self.data_position = 0
+        self.counters = {"skipped_samples": 0, "nonfinite_steps": 0}
+        if tc.resume:
+            self._resume()
+        flops = self.objective.flops_per_sample()
+        self.flops_per_sample = flops
+        self.peak = peak_flops(recipe, self.device)
+        self.sink = MetricsSink(self.out_dir, self.rank == 0, tc.tensorboard)
+        self._stop = False
+
+    # ------------------------------------------------------------ checkpoints
+    def _tag(self, step: int) -> str:
+        return f"step{step:08d}"
+
+    def save(self) -> None:
+        tag = self._tag(self.step)
+        state = {"step": self.step, "counters": self.counters}
+        self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=state)
+        # per-rank state (data position and RNG differ by rank), written beside DeepSpeed's files
+        torch.save({"data_position": self.data_position, "rng": rng_state(), "step": self.step},
+                   self.ckpt_dir / tag / f"rank{self.rank:03d}_state.pt")
+        dist.barrier()
+        if self.rank == 0:
+            tags = sorted(p for p in self.ckpt_dir.glob("step*") if p.is_dir())
+            for old in tags[:-max(1, self.recipe.train.keep_last)]:
+                shutil.rmtree(old)
+        dist.barrier()
+
+    def _resume(self) -> None:
+        if not (self.ckpt_dir / "latest").exists():
+            return
+        path, client = self.engine.load_checkpoint(str(self.ckpt_dir))
+        if path is None:
+            raise RuntimeError(f"could not load the checkpoint named in {self.ckpt_dir / 'latest'}")
+        tag = (self.ckpt_dir / "latest").read_text().strip()
+        rank_file = self.ckpt_dir / tag / f"rank{self.rank:03d}_state.pt"
+        if not rank_file.exists():
+            raise RuntimeError(f"{rank_file} missing: resume with the same number of processes as the checkpoint")
+        state = torch.load(rank_file, weights_only=True)
+        self.step = int(client["step"])
+        self.counters = dict(client.get("counters", self.counters))
+        self.data_position = int(state["data_position"])
+        set_rng_state(state["rng"])
+        if self.rank == 0:
+            print(f"resumed from {tag}: step {self.step}, data position {self.data_position}", flush=True)
+
+    def export(self) -> Path | None:
+        """Plain safetensors of the trainable weights (rank 0)."""
+        from safetensors.torch import save_file
+
+        if self.recipe.train.zero_stage == 3:
+            sd = self.engine._zero3_consolidated_16bit_state_dict()
+        else:
+            sd = self.engine.module.state_dict()
+        if self.rank != 0:
+            return None
+        path = self.out_dir / "student.safetensors"
+        save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, str(path))
+        return path
+
+    # ------------------------------------------------------------ loop
+    def _next_batch(self, batches):
+        """Next batch with at least one clip; empty ones (all samples corrupt) only advance the position."""
+        while True:
+            batch = next(batches)
+            self.data_position = batch["batch_number"] + 1
+            self.counters["skipped_samples"] += batch["skipped"]
+            if batch["video"] is not None:
+                return batch
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        flag = torch.tensor([1.0 if torch.isfinite(loss).item() else 0.0])
+        if self.world > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item() > 0)
+
+    def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
+        if self.world == 1:
+            return values
+        keys = sorted(values)
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+        dist.all_reduce(t)
+        return {k: float(v) / self.world for k, v in zip(keys, t.tolist())}
+
+    def train(self) -> dict:
+        tc, recipe = self.recipe.train, self.recipe
+        loader, _ = make_loader(recipe.data, seed=tc.seed, rank=self.rank, world=self.world,
+                                start_batch=self.data_position)
+        batches = iter(loader)
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        last = {}
+        try:
+            while self.step < tc.steps and not self._stop:
+                last = self._train_step(batches)
+                self.step += 1
+                if self.step % tc.log_every == 0 or self.step == tc.steps:
+                    self.sink.log(self.step, last)
+                if tc.ckpt_every and self.step % tc.ckpt_every == 0 and self.step < tc.steps:
+                    self.save()
+                if tc.debug_kill_at_step and self.step == tc.debug_kill_at_step:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            self.save()
+            if tc.export:
+                self.export()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            self.sink.close()
+        return last
+
+    def _on_sigterm(self, signum, frame):  # finish the current step, checkpoint, exit
+        self._stop = True
+
+    def _train_step(self, batches) -> dict:
+        tc = self.recipe.train
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        samples, teacher_s, student_s, data_s = 0, 0.0, 0.0, 0.0
+        micro = 0
+        while micro < tc.grad_accum:
+            td = time.perf_counter()
+            batch = self._next_batch(batches)
+            ta = time.perf_counter()
+            inputs = self.objective.prepare(batch)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            tb = time.perf_counter()
+            loss, metrics = self.engine(**inputs)
+            if not self._all_finite(loss):  # every rank drops this micro batch and draws another
+                self.counters["nonfinite_steps"] += 1
+                continue
+            if micro == tc.grad_accum - 1:  # the rate this optimizer step applies (before the schedule advances)
+                lr = self.engine.get_lr()[0]
+            self.engine.backward(loss)
+            self.engine.step()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            tcend = time.perf_counter()
+            data_s += ta - td
+            teacher_s += tb - ta
+            student_s += tcend - tb
+            samples += batch["video"].shape[0]
+            sums["loss"] = sums.get("loss", 0.0) + loss.item()
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            micro += 1
+        step_time = time.perf_counter() - t0
+        out = self._mean_over_ranks({k: v / tc.grad_accum for k, v in sums.items()})
+        total_samples = samples * self.world
+        fl = self.flops_per_sample
+        out.update({
+            "lr": lr,
+            "samples_per_s": total_samples / step_time,
+            "step_time_s": step_time, "time/data_s": data_s, "time/teachers_s": teacher_s,
+            "time/student_s": student_s,
+            "tflops_per_s": (fl["student"] + fl["teachers"]) * total_samples / step_time / 1e12,
+            "mfu": ((fl["student"] + fl["teachers"]) * samples / step_time / self.peak) if self.peak else None,
+            "memory_gb": memory_gb(self.device),
+            "data/skipped_samples": self.counters["skipped_samples"],
+            "nonfinite_steps": self.counters["nonfinite_steps"],
+            "data/position": self.data_position,
+        })
+        return out
+
+
+def train(recipe: Recipe) -> dict:
+    """Run (or resume) a training run; returns the last step's metrics."""
+    trainer = Trainer(recipe)
+    return trainer.train()

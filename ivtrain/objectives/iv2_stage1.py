@@ -1,0 +1,183 @@
+"""InternVideo2 stage 1: unmasked video token reconstruction from two frozen teachers.
+
+Read top to bottom against the paper (Sec. 3.1 of InternVideo2):
+
+1. A clip of `teacher_frames` frames (16) is sampled. The motion teacher (VideoMAE V2 style,
+   tubelet 2) sees all of them; the student and the semantic (image) teacher see every second
+   frame (8), so all three share one (8, H/p, W/p) token grid and one mask serves them all.
+2. The semantic teacher's CLS attention picks which tokens stay visible (mask ~80 %).
+3. The student encodes only the visible tokens (+ CLS).
+4. Losses, each `2 - 2 cos` between L2-normalized features, only on visible tokens:
+   - semantic: the student's last-K layers (through a linear head each) vs the semantic
+     teacher's last-K layers (CLS slot: the teacher's CLS averaged over frames);
+   - pooled: the student's attention-pooled output vs the teacher's pooled feature;
+   - motion: the student's last-K layers (through an MLP head each) vs the motion teacher's
+     last-K layers.
+   The total is the recipe-weighted sum.
+
+The objective knows nothing about DeepSpeed: the engine calls `prepare(batch)` (no grad:
+teachers + mask) and then the trainable module `objective.trainable(**inputs) -> (loss, metrics)`.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ivtrain.config import Recipe
+from ivtrain.data.masking import make_mask
+from ivtrain.models.teachers import MotionTeacher, SemanticTeacher, teacher_dtype
+from ivtrain.models.vit import InternVideo2, sincos_3d
+
+
+def cosine_distance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean of 2 - 2 cos(pred, target) over all leading dims (= squared distance of unit vectors)."""
+    pred = F.normalize(pred.float(), dim=-1)
+    target = F.normalize(target.float(), dim=-1)
+    return (2.0 - 2.0 * (pred * target).sum(-1)).mean()
+
+
+class LinearHead(nn.Module):
+    """Student width -> semantic teacher width."""
+
+    def __init__(self, dim: int, out_dim: int):
+        super().__init__()
+        self.head = nn.Linear(dim, out_dim)
+        self.norm = nn.LayerNorm(out_dim)
+        nn.init.xavier_uniform_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.head(x))
+
+
+class MLPHead(nn.Module):
+    """Student width -> motion teacher width, with one hidden layer."""
+
+    def __init__(self, dim: int, out_dim: int):
+        super().__init__()
+        self.head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, out_dim))
+        self.norm = nn.LayerNorm(out_dim)
+        for m in self.head:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.head(x))
+
+
+class Stage1Student(nn.Module):
+    """The trainable part: the InternVideo2 encoder plus the alignment heads."""
+
+    def __init__(self, encoder: InternVideo2, semantic_dim: int, semantic_layers: int, pooled_dim: int,
+                 motion_dim: int, motion_layers: int, weights: tuple[float, float, float]):
+        super().__init__()
+        d = encoder.cfg.embed_dim
+        self.encoder = encoder
+        self.semantic_index = tuple(range(encoder.depth - semantic_layers, encoder.depth))
+        self.motion_index = tuple(range(encoder.depth - motion_layers, encoder.depth))
+        # the heads get their own (fixed) position embedding: the visible tokens are gathered
+        # out of order, and the heads must know where each one sits
+        table = sincos_3d(d, *encoder.grid).unsqueeze(0)
+        self.clip_pos_embed = nn.Parameter(table.clone(), requires_grad=False)
+        self.mae_pos_embed = nn.Parameter(table[:, 1:].clone(), requires_grad=False)
+        self.clip_decoder = nn.ModuleList(LinearHead(d, semantic_dim) for _ in self.semantic_index)
+        self.final_clip_decoder = LinearHead(pooled_dim, pooled_dim)
+        self.mae_decoder = nn.ModuleList(MLPHead(d, motion_dim) for _ in self.motion_index)
+        self.weights = weights
+
+    def forward(self, video: torch.Tensor, visible: torch.Tensor, semantic: torch.Tensor,
+                pooled: torch.Tensor, motion: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """video (B,3,T,H,W); visible (B,N); semantic (K,B,1+Nv,Cs); pooled (B,Cp); motion (K',B,Nv,Cm)."""
+        b = video.shape[0]
+        out = self.encoder(video, visible, return_layers=self.semantic_index + self.motion_index)
+        keep = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=visible.device), visible], dim=1)
+        clip_pos = self.clip_pos_embed.expand(b, -1, -1)[keep].reshape(b, -1, self.clip_pos_embed.shape[-1])
+        mae_pos = self.mae_pos_embed.expand(b, -1, -1)[visible].reshape(b, -1, self.mae_pos_embed.shape[-1])
+
+        semantic_pred = torch.stack([head(out.layers[i] + clip_pos)
+                                     for head, i in zip(self.clip_decoder, self.semantic_index)])
+        motion_pred = torch.stack([head(out.layers[i][:, 1:] + mae_pos)
+                                   for head, i in zip(self.mae_decoder, self.motion_index)])
+        pooled_pred = self.final_clip_decoder(out.pooled)
+
+        loss_semantic = cosine_distance(semantic_pred, semantic)
+        loss_pooled = cosine_distance(pooled_pred, pooled)
+        loss_motion = cosine_distance(motion_pred, motion)
+        w_sem, w_pool, w_mot = self.weights
+        loss = w_sem * loss_semantic + w_pool * loss_pooled + w_mot * loss_motion
+        metrics = {"loss/semantic": loss_semantic.detach(), "loss/pooled": loss_pooled.detach(),
+                   "loss/motion": loss_motion.detach()}
+        return loss, metrics
+
+
+class IV2Stage1:
+    """Owns the trainable student and the frozen teachers; maps a batch to the student's inputs."""
+
+    name = "iv2_stage1"
+
+    def __init__(self, recipe: Recipe, device: torch.device):
+        self.recipe, self.device = recipe, device
+        data, tcfg, k = recipe.data, recipe.teachers, recipe.loss.align_layers
+        self.frame_stride = data.teacher_frames // data.num_frames
+        dtype = teacher_dtype(tcfg.dtype, device)
+        self.semantic = SemanticTeacher(tcfg.semantic.path, tcfg.semantic.layers or k, tcfg.semantic.backend)
+        self.motion = MotionTeacher(tcfg.motion.path, tcfg.motion.layers or k)
+        self.semantic.to(device=device, dtype=dtype)
+        self.motion.to(device=device, dtype=dtype)
+
+        vit = replace(recipe.model, img_size=recipe.model.img_size or data.image_size,
+                      num_frames=recipe.model.num_frames or data.num_frames)
+        encoder = InternVideo2(vit, pool_out_dim=self.semantic.pooled_dim, device=device)
+        self._check_grids(encoder)
+        self.trainable = Stage1Student(
+            encoder, semantic_dim=self.semantic.hidden_size, semantic_layers=self.semantic.num_layers,
+            pooled_dim=self.semantic.pooled_dim, motion_dim=self.motion.hidden_size,
+            motion_layers=self.motion.num_layers,
+            weights=(recipe.loss.semantic_weight, recipe.loss.pooled_weight, recipe.loss.motion_weight))
+        if max(self.semantic.num_layers, self.motion.num_layers) > encoder.depth:
+            raise ValueError(f"cannot align {max(self.semantic.num_layers, self.motion.num_layers)} layers: "
+                             f"the student has {encoder.depth}")
+
+    def _check_grids(self, encoder: InternVideo2) -> None:
+        t, h, w = encoder.grid
+        data = self.recipe.data
+        sem_grid = data.image_size // self.semantic.patch_size
+        mot = (data.teacher_frames // self.motion.tubelet_size, data.image_size // self.motion.patch_size)
+        if (sem_grid, sem_grid) != (h, w) or mot != (t, h) or self.semantic.image_size != data.image_size:
+            raise ValueError(
+                f"token grids differ: student {encoder.grid}, semantic teacher {sem_grid}x{sem_grid} "
+                f"(image {self.semantic.image_size}), motion teacher {mot[0]}x{mot[1]}x{mot[1]}; "
+                "one mask must serve all three")
+        if self.motion.num_frames != data.teacher_frames or self.motion.image_size != data.image_size:
+            raise ValueError(f"motion teacher expects {self.motion.num_frames} frames of {self.motion.image_size}px, "
+                             f"data gives {data.teacher_frames} of {data.image_size}px")
+
+    @torch.no_grad()
+    def prepare(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Run the teachers and draw the mask; returns the keyword inputs of `trainable`."""
+        video = batch["video"].to(self.device, non_blocking=True)  # (B, 3, T_teacher, H, W)
+        student_video = video[:, :, ::self.frame_stride]
+        sem = self.semantic(student_video)
+        b, t, p = sem.cls_attention.shape
+        visible = make_mask(self.recipe.mask.type, self.recipe.mask.ratio, b, t, p,
+                            cls_attention=sem.cls_attention, device=self.device)
+        k, _, _, n1, cs = sem.layers.shape
+        cls = sem.layers[:, :, :, 0].mean(2, keepdim=True)              # (K, B, 1, C): CLS over frames
+        patches = sem.layers[:, :, :, 1:].reshape(k, b, t * p, cs)      # (K, B, N, C) in (t, h, w) order
+        patches = patches[:, visible].reshape(k, b, -1, cs)
+        motion = self.motion(video)                                     # (K', B, N, Cm)
+        motion = motion[:, visible].reshape(motion.shape[0], b, -1, motion.shape[-1])
+        return {"video": student_video, "visible": visible, "semantic": torch.cat([cls, patches], dim=2),
+                "pooled": sem.pooled, "motion": motion}
+
+    def flops_per_sample(self) -> dict[str, float]:
+        """Training FLOPs per clip: student forward+backward (3x forward) and teacher forwards."""
+        enc = self.trainable.encoder
+        from ivtrain.data.masking import visible_per_frame
+        visible = visible_per_frame(enc.grid[1] * enc.grid[2], self.recipe.mask.ratio) * enc.grid[0]
+        return {"student": 3.0 * enc.flops_per_sample(visible),
+                "teachers": self.semantic.flops_per_sample(enc.grid[0]) + self.motion.flops_per_sample()}

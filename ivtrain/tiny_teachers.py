@@ -1,0 +1,77 @@
+"""Write tiny teachers for CPU runs: a tiny CLIP image tower and a tiny VideoMAE.
+
+`python -m ivtrain.tiny_teachers OUT_DIR [--shards S --steps N]` writes OUT_DIR/tiny_clip and
+OUT_DIR/tiny_videomae. With --shards, the VideoMAE is first trained as a masked-pixel model on
+those shards (VideoMAE pretraining with pixel regression; the default mask hides the second half
+of the clip, so reconstructing it needs the motion; `tube` is VideoMAE's random tube mask), so
+that its features carry real motion information; the CLIP tower stays randomly initialized.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ivtrain.config import DataConfig
+from ivtrain.models.teachers import save_tiny_clip_teacher, tiny_videomae_config
+
+
+def train_tiny_videomae(out: Path, shards: str | None, steps: int, image_size: int = 32, frames: int = 8,
+                        batch_size: int = 8, lr: float = 1.5e-3, seed: int = 0, mask_ratio: float = 0.75,
+                        mask: str = "future", hidden: int = 48, layers: int = 3, augment: bool = True) -> dict:
+    """Train (or just initialize, when shards is None) a tiny VideoMAE and save its encoder to `out`."""
+    from transformers import VideoMAEForPreTraining
+
+    from ivtrain.data.masking import tube_mask
+    from ivtrain.data.shards import make_loader
+
+    torch.manual_seed(seed)
+    cfg = tiny_videomae_config(image_size=image_size, num_frames=frames, hidden=hidden, layers=layers)
+    model = VideoMAEForPreTraining(cfg)
+    losses = []
+    if shards:
+        data = DataConfig(shards=shards, num_frames=frames, teacher_frames=frames, image_size=image_size,
+                          batch_size=batch_size, num_workers=2, train=augment)
+        loader, _ = make_loader(data, seed=seed)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+        grid = image_size // cfg.patch_size
+        model.train()
+        for step, batch in zip(range(steps), loader):
+            if batch["video"] is None:
+                continue
+            video = batch["video"].transpose(1, 2)  # (B, T, 3, H, W)
+            if mask == "future":  # hide the second half of the clip: predicting it needs the motion
+                visible = torch.zeros(video.shape[0], frames // 2, grid * grid, dtype=torch.bool)
+                visible[:, : frames // 4] = True
+                visible = visible.reshape(video.shape[0], -1)
+            else:
+                visible = tube_mask(video.shape[0], frames // 2, grid * grid, mask_ratio)
+            loss = model(pixel_values=video, bool_masked_pos=~visible).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+    model.videomae.save_pretrained(out)
+    return {"first_loss": losses[0] if losses else None, "last_loss": sum(losses[-5:]) / max(1, len(losses[-5:]))
+            if losses else None, "steps": len(losses)}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("out_dir")
+    parser.add_argument("--shards", default=None, help="train the VideoMAE teacher on these shards first")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--frames", type=int, default=8)
+    args = parser.parse_args(argv)
+    out = Path(args.out_dir)
+    save_tiny_clip_teacher(out / "tiny_clip", image_size=args.image_size)
+    info = train_tiny_videomae(out / "tiny_videomae", args.shards, args.steps, args.image_size, args.frames)
+    print(f"wrote {out / 'tiny_clip'} and {out / 'tiny_videomae'} {info}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""`python -m ivtrain.train RECIPE [--set key=value ...]`: the entry point launchers run.
+
+Works under plain python (one process), torchrun and the deepspeed launcher.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ivtrain.config import ConfigError, load_recipe
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ivtrain.train", description=__doc__)
+    parser.add_argument("recipe")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="dotted override, e.g. optim.lr=1e-3 (repeatable)")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    try:
+        recipe = load_recipe(args.recipe, args.set)
+    except ConfigError as e:
+        print(f"recipe error: {e}", file=sys.stderr)
+        return 2
+    from ivtrain.engine import train
+
+    train(recipe)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

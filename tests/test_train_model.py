@@ -1,0 +1,115 @@
+"""The InternVideo2 ViT and its attention backends (SDPA always; flash-attn where CUDA has it)."""
+import math
+
+import pytest
+import torch
+
+# 2 shared cores: a second intra-op thread only contends (tiny models run ~15x faster on one)
+torch.set_num_threads(1)
+
+from ivtrain.config import ViTConfig
+from ivtrain.models.attention import attention, flash_attn_func, resolve_backend
+from ivtrain.models.vit import InternVideo2, RMSNorm, sincos_3d
+
+
+def reference_attention(q, k, v):
+    s = torch.einsum("bnhd,bmhd->bhnm", q, k) / math.sqrt(q.shape[-1])
+    return torch.einsum("bhnm,bmhd->bnhd", s.softmax(-1), v)
+
+
+def test_sdpa_matches_softmax_attention():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 17, 4, 16) for _ in range(3))
+    torch.testing.assert_close(attention(q, k, v, "sdpa"), reference_attention(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+def test_backend_choice_on_cpu():
+    assert resolve_backend("auto", torch.device("cpu")) == "sdpa"
+    with pytest.raises(RuntimeError, match="needs CUDA"):
+        resolve_backend("flash", torch.device("cpu"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flash-attn comparison needs CUDA (none on this machine)")
+def test_flash_matches_sdpa_in_bf16():
+    if flash_attn_func() is None:
+        pytest.skip("flash_attn is not importable on this CUDA machine")
+    torch.manual_seed(0)
+    model = InternVideo2(ViTConfig(size="tiny", attn_backend="sdpa"), device=torch.device("cuda")).cuda().bfloat16()
+    video = torch.randn(2, 3, 4, 32, 32, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        ref = model(video).tokens.float()
+        model.set_backend("flash")
+        out = model(video).tokens.float()
+    torch.testing.assert_close(out, ref, atol=3e-2, rtol=3e-2)
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    return InternVideo2(ViTConfig(size="tiny", **kw))
+
+
+def test_shapes_norms_and_layerscale():
+    m = tiny()
+    assert m.grid == (4, 4, 4) and m.num_patches == 64
+    blk = m.blocks[0]
+    assert isinstance(blk.norm1, RMSNorm) and isinstance(blk.attn.q_norm, RMSNorm)
+    assert blk.attn.q_norm.weight.shape == (64,)  # QK-norm over the full width
+    assert torch.all(blk.ls1.gamma == 0.1)
+    out = m(torch.randn(2, 3, 4, 32, 32), return_layers=(1, 3))
+    assert out.tokens.shape == (2, 65, 64) and out.pooled.shape == (2, 64) and set(out.layers) == {1, 3}
+
+
+def test_pos_embed_is_3d_and_distinct():
+    table = sincos_3d(64, 4, 4, 4)
+    assert table.shape == (65, 64) and torch.all(table[0] == 0)
+    assert torch.unique(table[1:], dim=0).shape[0] == 64  # every (t, h, w) gets its own code
+    # frames at the same (h, w) share the spatial channels and differ in the temporal ones
+    assert torch.equal(table[1, :48], table[1 + 16, :48]) and not torch.equal(table[1, 48:], table[1 + 16, 48:])
+
+
+def test_visible_subset_matches_full_run_when_everything_is_visible():
+    m = tiny().eval()
+    video = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        full = m(video).tokens
+        same = m(video, torch.ones(2, 64, dtype=torch.bool)).tokens
+        part = m(video, torch.arange(64).expand(2, 64) % 4 == 0).tokens
+    torch.testing.assert_close(full, same)
+    assert part.shape == (2, 17, 64)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    video = torch.randn(2, 3, 4, 32, 32)
+    grads = []
+    for ckpt in (False, True):
+        m = tiny(checkpoint_activations=ckpt).train()
+        m(video).pooled.square().sum().backward()
+        grads.append(m.blocks[0].attn.qkv.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+
+
+def test_flop_count_of_vit_b_is_in_the_known_range():
+    m = InternVideo2(ViTConfig(size="b", num_frames=1, img_size=224, patch_size=16, depth=1))
+    flops = m.flops_per_sample()  # one block + patch embedding, 197 tokens, one 224 image
+    # ViT-B/16 is ~17.6 G multiply-adds over 12 blocks: ~2.9 GFLOPs per block, plus 0.23 for the embedding
+    assert 2.9e9 < flops < 3.4e9
+
+
+def test_param_groups_layer_decay_and_schedule():
+    from ivtrain.config import OptimConfig
+    from ivtrain.optim import lr_factor, param_groups
+
+    m = tiny()
+    cfg = OptimConfig(lr=1e-3, min_lr=1e-5, weight_decay=0.05, warmup_steps=10, layer_decay=0.5)
+    groups = param_groups(m, cfg)
+    by_param = {id(p): g for g in groups for p in g["params"]}
+    assert by_param[id(m.blocks[3].attn.qkv.weight)]["lr_scale"] == 0.5       # last block: one step below the top
+    assert by_param[id(m.blocks[0].attn.qkv.weight)]["lr_scale"] == 0.5 ** 4
+    assert by_param[id(m.patch_embed.proj.weight)]["lr_scale"] == 0.5 ** 5     # embeddings decay the most
+    assert by_param[id(m.blocks[0].norm1.weight)]["weight_decay"] == 0.0       # norms, biases, tokens: no decay
+    assert by_param[id(m.cls_token)]["weight_decay"] == 0.0
+    assert by_param[id(m.blocks[0].mlp.fc1.weight)]["weight_decay"] == 0.05
+    assert id(m.pos_embed) not in by_param                                     # the fixed table is not trained
+    assert lr_factor(0, 100, cfg) == 0.1 and lr_factor(9, 100, cfg) == 1.0
+    assert lr_factor(100, 100, cfg) == pytest.approx(1e-2)                      # min_lr / lr at the end
+    assert lr_factor(55, 100, cfg) == pytest.approx(0.01 + 0.99 * 0.5)          # half-way down the cosine

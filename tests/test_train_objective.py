@@ -1,0 +1,90 @@
+"""Masking, the 2-2cos losses and the InternVideo2 stage-1 objective with real (tiny) teachers."""
+import pytest
+import torch
+
+# 2 shared cores: a second intra-op thread only contends (tiny models run ~15x faster on one)
+torch.set_num_threads(1)
+
+from ivtrain.config import load_recipe
+from ivtrain.data.masking import attention_guided_mask, random_mask, tube_mask, visible_per_frame
+from ivtrain.models.teachers import save_tiny_clip_teacher, save_tiny_videomae_teacher
+from ivtrain.objectives.iv2_stage1 import IV2Stage1, cosine_distance
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("teachers")
+    return save_tiny_clip_teacher(root / "clip"), save_tiny_videomae_teacher(root / "videomae")
+
+
+def recipe(teachers, *extra):
+    clip, videomae = teachers
+    return load_recipe("recipes/iv2_stage1_tiny.yaml", [f"teachers.semantic.path={clip}",
+                                                        f"teachers.motion.path={videomae}", *extra])
+
+
+def test_mask_counts_per_frame():
+    attn = torch.rand(3, 4, 16)
+    for visible in (attention_guided_mask(attn, 0.75), tube_mask(3, 4, 16, 0.75), random_mask(3, 4, 16, 0.75)):
+        assert visible.shape == (3, 64) and visible.dtype == torch.bool
+        assert torch.all(visible.sum(1) == 4 * visible_per_frame(16, 0.75))
+    per_frame = attention_guided_mask(attn, 0.75).reshape(3, 4, 16).sum(-1)
+    assert torch.all(per_frame == 4)
+    tube = tube_mask(3, 4, 16, 0.75).reshape(3, 4, 16)
+    assert torch.all(tube == tube[:, :1])  # the same patches in every frame
+
+
+def test_attention_guided_mask_samples_in_proportion_not_top_k():
+    torch.manual_seed(0)
+    weights = torch.ones(1, 1, 16)
+    weights[..., :4] = 20.0  # four patches the teacher attends to strongly
+    counts = torch.zeros(16)
+    for _ in range(400):
+        counts += attention_guided_mask(weights, 0.75)[0].float()
+    assert counts[:4].mean() > 3 * counts[4:].mean()   # favoured in proportion to attention ...
+    assert counts[4:].sum() > 0                         # ... yet not top-k: others are drawn too
+
+
+def test_cosine_distance():
+    a = torch.randn(5, 8)
+    assert cosine_distance(a, 3 * a).item() == pytest.approx(0.0, abs=1e-6)
+    assert cosine_distance(a, -a).item() == pytest.approx(4.0, abs=1e-5)
+
+
+def test_teacher_targets_follow_the_mask(teachers):
+    obj = IV2Stage1(recipe(teachers), torch.device("cpu"))
+    torch.manual_seed(0)
+    inputs = obj.prepare({"video": torch.randn(2, 3, 8, 32, 32)})
+    assert inputs["video"].shape == (2, 3, 4, 32, 32)
+    nv = 4 * visible_per_frame(16, 0.75)
+    assert inputs["semantic"].shape == (2, 2, 1 + nv, 48) and inputs["motion"].shape == (2, 2, nv, 48)
+    assert inputs["pooled"].shape == (2, 32)
+    # motion targets are the teacher's full-video features gathered at the visible positions
+    full = obj.motion(torch.randn(2, 3, 8, 32, 32))
+    assert full.shape == (2, 2, 64, 48)
+    assert all(not p.requires_grad for p in obj.semantic.parameters())
+    assert all(not p.requires_grad for p in obj.motion.parameters())
+
+
+def test_grid_mismatch_is_refused(teachers):
+    with pytest.raises(ValueError, match="token grids differ|motion teacher expects"):
+        IV2Stage1(recipe(teachers, "data.image_size=48"), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("mask", ["attention", "tube"])
+def test_each_loss_term_falls_when_overfitting_one_batch(teachers, mask):
+    obj = IV2Stage1(recipe(teachers, f"mask.type={mask}"), torch.device("cpu"))
+    torch.manual_seed(0)
+    batch = {"video": torch.randn(2, 3, 8, 32, 32)}
+    inputs = obj.prepare(batch)  # one fixed batch and mask
+    opt = torch.optim.AdamW(obj.trainable.parameters(), lr=2e-3)
+    history = []
+    for _ in range(60):
+        loss, metrics = obj.trainable(**inputs)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append({k: float(v) for k, v in metrics.items()})
+    for term in ("loss/semantic", "loss/pooled", "loss/motion"):
+        first, last = history[0][term], history[-1][term]
+        assert last < 0.5 * first, f"{term}: {first:.3f} -> {last:.3f}"
