@@ -168,10 +168,9 @@ def data_samples(out: Path = typer.Argument(..., help="Folder to write the sampl
 def data_tiny_models(out: Path = typer.Argument(..., help="Folder for the model dirs.")):
     """Build tiny random-weight models (LLM, audio tagger, image captioner) for demos and tests.
     Their captions are noise; they exercise the same loading and batching code as real weights."""
-    from ivdata.annotate import tiny
-    for name, build in (("llm", tiny.build_causal_lm), ("tagger", tiny.build_audio_tagger),
-                        ("captioner", tiny.build_image_captioner)):
-        console.print(f"{name}: {build(out / name)}")
+    from ivdata.annotate.tiny import build_demo_models
+    for name, path in build_demo_models(out).items():
+        console.print(f"{name}: {path}")
 
 
 @data_app.command("build")
@@ -257,9 +256,13 @@ def manifest_migrate(corpus: str = CorpusOpt):
 
 from ivdata.curate.cli import mount as _mount_curation  # noqa: E402
 from ivdata.stages.annotate import annotate as _annotate  # noqa: E402
+from ivtrain import cli as _train_cli  # noqa: E402  (light: typer + the recipe dataclasses)
 
 _mount_curation(data_app, corpus_app)
 data_app.command("annotate")(_annotate)
+app.command("train")(_train_cli.train)
+app.command("convert")(_train_cli.convert)
+eval_app.command("probe")(_train_cli.probe)
 
 
 def main() -> None:

@@ -111,7 +111,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "annotate")
     args = ap.parse_args()
     os.environ.setdefault("IVKIT_PROGRESS", "0")
-    from ivdata.annotate.demo import demo_config
+    from ivdata.annotate.tiny import demo_config
     from ivdata.pipeline import build_corpus
     from ivdata.stages.annotate import run_annotation
 

@@ -10,18 +10,29 @@ import typer
 from ivtrain.config import ConfigError, load_recipe
 
 
-def train(recipe: Path = typer.Argument(..., help="recipe YAML, e.g. recipes/iv2_stage1_tiny.yaml"),
+def train(recipe: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                        help="recipe YAML, e.g. recipes/iv2_stage1_tiny.yaml"),
           set: list[str] = typer.Option([], "--set", help="dotted override key=value, repeatable (optim.lr=1e-3)"),
+          nproc: int = typer.Option(1, "--nproc", min=1,
+                                    help="processes on this machine; > 1 starts them with torchrun (gloo on CPU, "
+                                         "nccl on CUDA)"),
           ) -> None:
-    """Train (or resume) the recipe's objective in this process.
+    """Train (or resume) the recipe's objective; a rerun with the same train.out_dir resumes exactly.
 
-    For several processes use a launcher: `torchrun --nproc_per_node N -m ivtrain.train RECIPE --set ...`
-    or `deepspeed --num_gpus N -m ivtrain.train ...`.
+    Several machines: run `torchrun --nnodes ... -m ivtrain.train RECIPE --set ...` (or the deepspeed
+    launcher) on each; `--nproc N` is the one-machine shortcut for the same thing.
     """
     try:
         r = load_recipe(recipe, set)
     except ConfigError as e:
         raise typer.BadParameter(str(e), param_hint="recipe/--set")
+    if nproc > 1:
+        import subprocess
+        import sys
+
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+               "-m", "ivtrain.train", str(recipe)] + [a for s in set for a in ("--set", s)]
+        raise typer.Exit(subprocess.run(cmd).returncode)
     from ivtrain.engine import train as run
 
     run(r)

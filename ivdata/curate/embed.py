@@ -6,6 +6,8 @@ A clip's embedding is the L2-normalised mean of its sampled frames' embeddings. 
            nothing about semantics. The default for dedup when no model is at hand.
   hf       a transformers CLIP or SigLIP checkpoint from a local directory (AutoModel + AutoProcessor):
            image features for dedup / leakage, and text features for clip-caption similarity.
+  openclip an open_clip model from a local directory (open_clip_config.json + weights, the layout of
+           open_clip's `local-dir:` schema), with its own evaluation transform and tokenizer.
 Model names recorded in the manifest (`embeddings.model`, `scores.model`) are `backend:identity`.
 """
 from __future__ import annotations
@@ -100,6 +102,43 @@ class HFImageTextEmbedder:
         return l2norm(np.concatenate(outs))
 
 
+class OpenClipEmbedder:
+    """open_clip CLIP / SigLIP from a local directory: `encode_image` / `encode_text`, its own transforms."""
+
+    def __init__(self, model_dir: str | Path, device: str = "cpu", batch_size: int = 32):
+        import torch
+
+        from ivtrain.models.open_clip_tower import load_open_clip  # shared with the trainer's teacher
+        self.model_dir = Path(model_dir)
+        self.torch, self.device, self.batch_size = torch, device, batch_size
+        open_clip, self.model, self.transform, _ = load_open_clip(self.model_dir, device)
+        self.tokenizer = open_clip.get_tokenizer(f"local-dir:{self.model_dir}")
+        self.name = f"openclip:{self.model_dir.name}"
+        self.dim = int(self.model.visual.output_dim)
+
+    def embed_frames(self, frames: list[np.ndarray]) -> np.ndarray:
+        from PIL import Image
+        torch, outs = self.torch, []
+        with torch.inference_mode():
+            for i in range(0, len(frames), self.batch_size):
+                px = torch.stack([self.transform(Image.fromarray(f)) for f in frames[i:i + self.batch_size]])
+                outs.append(self.model.encode_image(px.to(self.device)).float().cpu().numpy())
+        return l2norm(np.concatenate(outs))
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        torch, outs = self.torch, []
+        with torch.inference_mode():
+            for i in range(0, len(texts), self.batch_size):
+                tokens = self.tokenizer(texts[i:i + self.batch_size]).to(self.device)
+                outs.append(self.model.encode_text(tokens).float().cpu().numpy())
+        return l2norm(np.concatenate(outs))
+
+
+def model_spec(model_dir: str | Path) -> str:
+    """The embedder spec of a model directory: openclip: when it is an open_clip export, else hf:."""
+    return f"{'openclip' if (Path(model_dir) / 'open_clip_config.json').is_file() else 'hf'}:{model_dir}"
+
+
 def _load_processors(model_dir: Path):
     """(image processor, tokenizer or None): a full processor when saved, else the image part alone
     (an image-only export is enough for dedup and aesthetic scores)."""
@@ -123,21 +162,21 @@ def embedder_name(spec: str) -> str:
     kind, _, arg = spec.partition(":")
     if kind == "thumb":
         return f"thumb:{int(arg) if arg else 16}"
-    if kind == "hf":
-        return f"hf:{Path(arg.rstrip('/')).name}"
-    raise ValueError(f"unknown embedder {spec!r}: use thumb[:SIDE] or hf:MODEL_DIR")
+    if kind in ("hf", "openclip"):
+        return f"{kind}:{Path(arg.rstrip('/')).name}"
+    raise ValueError(f"unknown embedder {spec!r}: use thumb[:SIDE], hf:MODEL_DIR or openclip:MODEL_DIR")
 
 
 def make_embedder(spec: str, device: str = "cpu") -> FrameEmbedder:
-    """`thumb`, `thumb:16`, or `hf:/path/to/model_dir`."""
+    """`thumb`, `thumb:16`, `hf:/path/to/model_dir` or `openclip:/path/to/model_dir`."""
     kind, _, arg = spec.partition(":")
     if kind == "thumb":
         return ThumbnailEmbedder(int(arg) if arg else 16)
-    if kind == "hf":
+    if kind in ("hf", "openclip"):
         if not arg:
-            raise ValueError("hf embedder needs a model directory: hf:/path/to/clip")
-        return HFImageTextEmbedder(arg, device=device)
-    raise ValueError(f"unknown embedder {spec!r}: use thumb[:SIDE] or hf:MODEL_DIR")
+            raise ValueError(f"{kind} embedder needs a model directory: {kind}:/path/to/clip")
+        return (HFImageTextEmbedder if kind == "hf" else OpenClipEmbedder)(arg, device=device)
+    raise ValueError(f"unknown embedder {spec!r}: use thumb[:SIDE], hf:MODEL_DIR or openclip:MODEL_DIR")
 
 
 _CACHE: dict = {}

@@ -32,7 +32,7 @@ METHODS = ("source_id", "sha256", "near_dup", "leakage")
 
 @dataclass
 class DedupeConfig:
-    embedder: str = "thumb"                 # thumb[:SIDE] | hf:MODEL_DIR
+    embedder: str = "thumb"                 # thumb[:SIDE] | hf:MODEL_DIR | openclip:MODEL_DIR
     num_frames: int = 8
     methods: tuple[str, ...] = METHODS
     near_dup_threshold: float = 0.90        # cosine; thumb embeddings of re-encodes are >= 0.95

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ivdata.corpus import Corpus
-from ivdata.curate.embed import cached_embedder, embedder_name, l2norm
+from ivdata.curate.embed import cached_embedder, embedder_name, l2norm, model_spec
 from ivdata.curate.filters import AestheticHead, motion_score, text_overlay_score
 from ivdata.curate.frames import frame_pairs, sample_frames
 from ivdata.manifest import Manifest
@@ -52,7 +52,7 @@ class ScoreConfig:
             return f"farneback:gap{self.motion_gap_s:g}"
         if metric == "text_overlay":
             return "static-edges"
-        name = embedder_name(f"hf:{self.model_dir}")
+        name = embedder_name(model_spec(self.model_dir))
         if metric == "aesthetic":
             return f"{name}+{Path(self.aesthetic_head).stem}"
         return name
@@ -99,7 +99,7 @@ class ScoreStage(Stage):
         if "text_overlay" in item["metrics"]:
             out["text_overlay"] = text_overlay_score(sample_frames(item["path"], cfg.num_frames, max_side=256))
         if {"aesthetic", "clip_text_sim"} & set(item["metrics"]):
-            model = cached_embedder(f"hf:{cfg.model_dir}", cfg.device)
+            model = cached_embedder(model_spec(cfg.model_dir), cfg.device)
             frames_emb = model.embed_frames(sample_frames(item["path"], cfg.num_frames, max_side=None))
             if "aesthetic" in item["metrics"]:
                 key = (cfg.aesthetic_head, cfg.aesthetic_activation)

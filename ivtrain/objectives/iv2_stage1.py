@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ivtrain.config import Recipe
 from ivtrain.data.masking import make_mask
-from ivtrain.models.teachers import MotionTeacher, SemanticTeacher, teacher_dtype
+from ivtrain.models.teachers import MotionTeacher, load_semantic_teacher, teacher_dtype
 from ivtrain.models.vit import InternVideo2, sincos_3d
 
 
@@ -124,8 +124,10 @@ class IV2Stage1:
         data, tcfg, k = recipe.data, recipe.teachers, recipe.loss.align_layers
         self.frame_stride = data.teacher_frames // data.num_frames
         dtype = teacher_dtype(tcfg.dtype, device)
-        self.semantic = SemanticTeacher(tcfg.semantic.path, tcfg.semantic.layers or k, tcfg.semantic.backend)
-        self.motion = MotionTeacher(tcfg.motion.path, tcfg.motion.layers or k)
+        data_norm = (data.mean, data.std)
+        self.semantic = load_semantic_teacher(tcfg.semantic.path, tcfg.semantic.layers or k, tcfg.semantic.backend,
+                                              data_norm)
+        self.motion = MotionTeacher(tcfg.motion.path, tcfg.motion.layers or k, data_norm)
         self.semantic.to(device=device, dtype=dtype)
         self.motion.to(device=device, dtype=dtype)
 
