@@ -26,12 +26,21 @@ $(VENV)/.open_clip: $(VENV)/.installed
 	  timm==1.0.31 ftfy==6.3.1 wcwidth==0.9.4
 	touch $@
 
+# llama-cpp-python (the GGUF fusion backend) has no wheel on PyPI: pip compiles llama.cpp, about 5 min
+# on 2 cores with its tools, examples and multimodal library left out (35 min with them). Only the
+# tests need it; `make demo` fuses with a transformers LM.
+LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+                    -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+$(VENV)/.llama_cpp: $(VENV)/.installed
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e '.[llamacpp]'
+	touch $@
+
 setup: $(VENV)/.installed $(VENV)/.open_clip
 
 demo: setup
 	bash scripts/demo.sh
 
-test: setup
+test: setup $(VENV)/.llama_cpp
 	$(BIN)/python -m pytest -q -x
 
 test-slow: setup

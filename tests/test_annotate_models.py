@@ -211,8 +211,7 @@ def test_openai_http_backend_gives_up_with_a_clear_error():
 
 
 def test_llamacpp_backend(tmp_path):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (sdist build, ~35 min on 2 cores)")
-    pytest.importorskip("gguf", reason="the gguf package writes the tiny model")
+    import llama_cpp  # the [llamacpp] extra; `make test` builds it
     from ivdata.annotate.tiny import build_gguf
     path = build_gguf(tmp_path / "tiny.gguf")
     g = load_generator(FuseConfig(backend="llamacpp", model=str(path), max_new_tokens=8, n_ctx=512), "cpu")

@@ -1,6 +1,5 @@
 """`iv train` end to end on CPU: real shards of real mp4s, tiny teachers, DeepSpeed (gloo),
 one process and two (torchrun), ZeRO 1 and 2, and exact resume after a SIGKILL."""
-import csv
 import json
 import math
 import os
@@ -17,13 +16,10 @@ import train_synthetic  # noqa: E402
 from ivtrain.models.teachers import save_tiny_clip_teacher, save_tiny_videomae_teacher  # noqa: E402
 
 
-def build_shards(root: Path, rows: list[dict]) -> Path:
-    """Shards made by the corpus core when it is installed (ivdata.pipeline), else by the plain writer."""
-    try:
-        from ivdata.pipeline import build_corpus
-    except ImportError:
-        return train_synthetic.write_shards([r["path"] for r in rows], root / "shards", "train",
-                                            [r["label"] for r in rows], per_shard=8)
+def build_shards(root: Path) -> Path:
+    """Shards of the labeled motion videos, made by the corpus core (ingest -> probe -> split -> cut -> shard)."""
+    from ivdata.pipeline import build_corpus
+
     corpus = build_corpus("engine", [root / "train.csv"], home=root / "home", shard_maxcount=8, include_labels=True)
     return corpus.wids_index()
 
@@ -31,8 +27,8 @@ def build_shards(root: Path, rows: list[dict]) -> Path:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("engine")
-    rows = list(csv.DictReader(open(train_synthetic.write_motion_dataset(root, per_class=4))))
-    index = build_shards(root, rows)
+    train_synthetic.write_motion_dataset(root, per_class=4)
+    index = build_shards(root)
     return {"root": root, "shards": index, "clip": save_tiny_clip_teacher(root / "clip"),
             "videomae": save_tiny_videomae_teacher(root / "videomae")}
 
