@@ -50,6 +50,9 @@ test-slow: setup
 bench: setup
 	$(BIN)/python bench/corpus_throughput.py
 	$(BIN)/python bench/manifest_select.py
+	$(BIN)/python bench/annotate_throughput.py
+	$(BIN)/python bench/dedup_ann.py --n 200000 --queries 500 --planted 500 --nlist 512 --skip-hnsw
+	$(BIN)/python bench/train_loader.py
 
 clean:
 	rm -rf corpora runs manifests/*.duckdb bench/out

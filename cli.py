@@ -16,7 +16,8 @@ from ivdata.cliutil import CorpusOpt, RetryOpt, WorkersOpt, console, fail, open_
 app = typer.Typer(help="ivkit: video pretraining corpora (DuckDB manifest + WebDataset shards) and training.",
                   no_args_is_help=True, add_completion=False)
 corpus_app = typer.Typer(help="Create and inspect corpora.", no_args_is_help=True)
-data_app = typer.Typer(help="Data engine stages: ingest -> probe -> split -> cut -> shard, verify.", no_args_is_help=True)
+data_app = typer.Typer(help="Data engine stages: ingest -> probe -> split -> cut -> annotate -> dedupe/score -> shard, verify.",
+                        no_args_is_help=True)
 manifest_app = typer.Typer(help="Query the manifest with SQL, select subsets, export, migrate.", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluate trained encoders.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")

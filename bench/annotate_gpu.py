@@ -6,7 +6,7 @@
 
 Builds a corpus from --videos (shot split, re-encoded clips), runs asr, audio, frames and fuse in
 order on one GPU, and writes bench/out/annotate_gpu/result.json plus the lines for
-bench/RESULTS_annotate.md. Media seconds per wall second on one GPU is video-hours per GPU-hour.
+bench/RESULTS.md. Media seconds per wall second on one GPU is video-hours per GPU-hour.
 For the fuse stage through an HTTP server (vLLM), the figure is per client; the server's GPUs count.
 Also runs on CPU (--device cpu) for a dry run of the script itself.
 """

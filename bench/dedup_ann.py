@@ -4,7 +4,7 @@ Measures, on this machine: build time, added resident memory, query time, recall
 index against exact (flat) search on a query sample, recall of planted near-duplicate pairs at the dedup
 threshold, and the projected time of a whole-corpus self-join (every vector queried once).
 Random vectors are the hard case for approximate search (no cluster structure): real clip embeddings
-are easier. Writes a markdown table to bench/RESULTS_curate.md (section "Near-dup search").
+are easier. Appends a markdown table to bench/out/dedup_ann.md (copy the figures into bench/RESULTS.md).
 
     python bench/dedup_ann.py [--n 1000000] [--dim 512] [--queries 1000] [--skip-hnsw]
 """
@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--skip-hnsw", action="store_true")
     ap.add_argument("--nlist", type=int, default=1024)
     ap.add_argument("--train-size", type=int, default=65_536)
-    ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS_curate.md")))
+    ap.add_argument("--out", default=str(Path(__file__).parent / "out" / "dedup_ann.md"))
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     faiss.omp_set_num_threads(faiss.omp_get_max_threads())
@@ -122,6 +122,7 @@ def main() -> None:
                      f"{flat_q / r['query_ms']:.1f}x | {r['recall_at_k']} | {r['planted_recall']} | {r['selfjoin_h']} |")
     text = "\n".join(lines) + "\n"
     out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     old = out.read_text() if out.exists() else "# Curation benchmarks\n\n"
     if head in old:
         pre, _, post = old.partition(head)

@@ -19,7 +19,6 @@ Usage: python bench/train_learning_check.py [WORK_DIR] [--quick]
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess

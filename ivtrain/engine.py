@@ -7,7 +7,6 @@ and per rank the RNG states and the data position (the number of the next batch)
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import resource

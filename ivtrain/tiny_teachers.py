@@ -19,7 +19,8 @@ from ivtrain.models.teachers import save_tiny_clip_teacher, tiny_videomae_config
 
 def train_tiny_videomae(out: Path, shards: str | None, steps: int, image_size: int = 32, frames: int = 8,
                         batch_size: int = 8, lr: float = 1.5e-3, seed: int = 0, mask_ratio: float = 0.75,
-                        mask: str = "future", hidden: int = 48, layers: int = 3, augment: bool = True) -> dict:
+                        mask: str = "future", hidden: int = 48, layers: int = 3, augment: bool = True,
+                        finetune_steps: int = 0) -> dict:
     """Train (or just initialize, when shards is None) a tiny VideoMAE and save its encoder to `out`."""
     from transformers import VideoMAEForPreTraining
 
@@ -54,9 +55,49 @@ def train_tiny_videomae(out: Path, shards: str | None, steps: int, image_size: i
             opt.step()
             sched.step()
             losses.append(loss.item())
-    model.videomae.save_pretrained(out)
-    return {"first_loss": losses[0] if losses else None, "last_loss": sum(losses[-5:]) / max(1, len(losses[-5:]))
+    info = {"first_loss": losses[0] if losses else None, "last_loss": sum(losses[-5:]) / max(1, len(losses[-5:]))
             if losses else None, "steps": len(losses)}
+    encoder = model.videomae
+    if finetune_steps:
+        encoder, info["finetune"] = finetune_on_labels(encoder, cfg, shards, finetune_steps, image_size, frames,
+                                                       batch_size, lr, seed, augment)
+    encoder.save_pretrained(out)
+    return info
+
+
+def finetune_on_labels(encoder, cfg, shards: str, steps: int, image_size: int, frames: int, batch_size: int,
+                       lr: float, seed: int, augment: bool):
+    """Fine-tune the VideoMAE encoder as a classifier of the shards' `label` (mean pooling + linear), as
+    InternVideo2's motion teacher (VideoMAEv2-g) is fine-tuned on K710. Returns (encoder, info)."""
+    from transformers import VideoMAEForVideoClassification
+
+    from ivtrain.data.shards import make_loader
+
+    data = DataConfig(shards=shards, num_frames=frames, teacher_frames=frames, image_size=image_size,
+                      batch_size=batch_size, num_workers=2, train=augment, flip=False)  # a flip turns left into right
+    loader, stream = make_loader(data, seed=seed + 1)
+    classes = sorted({stream.index.metadata(i).get("label") for i in range(len(stream.index))}, key=str)
+    if None in classes:
+        raise ValueError(f"{shards}: fine-tuning the motion teacher needs labeled shards")
+    cfg = type(cfg).from_dict({**cfg.to_dict(), "num_labels": len(classes)})
+    model = VideoMAEForVideoClassification(cfg)
+    model.videomae.load_state_dict(encoder.state_dict())
+    opt = torch.optim.AdamW(model.parameters(), lr=lr / 3, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr / 3, total_steps=steps, pct_start=0.1)
+    model.train()
+    losses = []
+    for _, batch in zip(range(steps), loader):
+        if batch["video"] is None:
+            continue
+        labels = torch.tensor([classes.index(lb) for lb in batch["labels"]])
+        loss = model(pixel_values=batch["video"].transpose(1, 2), labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    return model.videomae, {"steps": len(losses), "first_loss": losses[0], "last_loss": sum(losses[-5:]) / 5,
+                            "classes": classes}
 
 
 def main(argv=None) -> None:

@@ -13,14 +13,13 @@ import tarfile
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import skvideo
 
 from ivdata.annotate import tiny
 from ivdata.annotate.audio import RATE, load_audio
-from ivdata.media.synth import mux_audio
+from ivdata.media.synth import mux_audio, remux
 from ivdata.annotate.config import load_config
 from ivdata.corpus import Corpus
 from ivdata.manifest import Manifest
@@ -42,13 +41,7 @@ def _truncate_midway(path: Path) -> None:
     """Rewrite a clip with its index first (faststart) and cut the file in half: the container opens,
     decoding runs, and the data ends midway, as with an interrupted download."""
     tmp = path.with_suffix(".fs.mp4")
-    with av.open(str(path)) as src, av.open(str(tmp), "w", format="mp4", options={"movflags": "faststart"}) as dst:
-        outs = {s.index: dst.add_stream_from_template(s) for s in src.streams if s.type in ("video", "audio")}
-        for pkt in src.demux(*[s for s in src.streams if s.index in outs]):
-            if pkt.dts is None:
-                continue
-            pkt.stream = outs[pkt.stream.index]
-            dst.mux(pkt)
+    remux(path, tmp, faststart=True)
     data = tmp.read_bytes()
     tmp.unlink()
     path.chmod(0o644)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +14,6 @@ import pytest
 from ivdata import pipeline
 from ivdata.media.probe import count_frames_decoded
 from ivdata.media.synth import make_video
-from ivdata.shards.verify import verify
 from ivdata.stages.split import SplitConfig
 
 

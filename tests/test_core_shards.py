@@ -6,7 +6,6 @@ import subprocess
 import sys
 import textwrap
 
-import av
 
 from ivdata.media.probe import count_frames_decoded
 from ivdata.shards.verify import verify

@@ -76,11 +76,11 @@ def test_window_rules():
 
 def test_spans_from_a_source_list(tmp_path):
     from ivdata.pipeline import build_corpus
-    v = make_video(tmp_path / "v.mp4", seconds=8, audio=None)
+    make_video(tmp_path / "v.mp4", seconds=8, audio=None)
     lst = tmp_path / "list.csv"
     lst.write_text("path,source,source_id,label,split,start,end\n"
-                   f"v.mp4,kin,abc,run,train,1.0,3.5\n"
-                   f"v.mp4,kin,abc,run,train,5.0,7.0\n")
+                   "v.mp4,kin,abc,run,train,1.0,3.5\n"
+                   "v.mp4,kin,abc,run,train,5.0,7.0\n")
     c = build_corpus("spans", [lst], home=tmp_path, split="spans", cut="reencode")
     with c.manifest(read_only=True) as m:
         rows = m.rows("SELECT start_s, end_s, num_frames, status FROM clips ORDER BY start_s")

@@ -1,10 +1,12 @@
 """`iv train` end to end on CPU: real shards of real mp4s, tiny teachers, DeepSpeed (gloo),
-one process and two (torchrun), ZeRO 1 and 2, and exact resume after a SIGKILL."""
+one process and two (torchrun), ZeRO 1 and 2, and exact resume after a SIGKILL or a SIGTERM."""
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -52,31 +54,64 @@ def losses(out_dir):
 
 
 RECIPE = "recipes/iv2_stage1_tiny.yaml"
+BASE = [sys.executable, "-m", "ivtrain.train", RECIPE]
 
 
-def test_one_process_zero1_resumes_exactly_after_sigkill(setup, tmp_path):
-    base = [sys.executable, "-m", "ivtrain.train", RECIPE]
-    run(base + overrides(setup, tmp_path / "straight", "train.zero_stage=1"))
+@pytest.fixture(scope="module")
+def straight(setup, tmp_path_factory):
+    """The uninterrupted 6-step run (ZeRO 1) that interrupted runs are compared with."""
+    out = tmp_path_factory.mktemp("straight")
+    run(BASE + overrides(setup, out, "train.zero_stage=1"))
+    return out
+
+
+def assert_same_losses(records, straight_dir):
+    reference = {m["step"]: m for m in losses(straight_dir)}
+    for m in records:
+        for key in ("loss", "loss/semantic", "loss/pooled", "loss/motion", "lr"):
+            assert abs(m[key] - reference[m["step"]][key]) <= 1e-5, (m["step"], key, m[key], reference[m["step"]][key])
+
+
+def test_one_process_zero1_resumes_exactly_after_sigkill(setup, straight, tmp_path):
+    base = BASE
     interrupted = overrides(setup, tmp_path / "resumed", "train.zero_stage=1", "train.ckpt_every=3")
     run(base + interrupted + ["--set", "train.debug_kill_at_step=5"], expect_rc=-9)  # killed after step 5
     proc = run(base + interrupted)
     assert "resumed from step00000003: step 3" in proc.stdout
 
-    straight = {m["step"]: m for m in losses(tmp_path / "straight")}
     records = losses(tmp_path / "resumed")
     first_life, second_life = records[:5], records[5:]
     assert [m["step"] for m in first_life] == [1, 2, 3, 4, 5] and [m["step"] for m in second_life] == [4, 5, 6]
-    for m in first_life + second_life:
-        for key in ("loss", "loss/semantic", "loss/pooled", "loss/motion", "lr"):
-            assert abs(m[key] - straight[m["step"]][key]) <= 1e-5, (m["step"], key, m[key], straight[m["step"]][key])
+    assert_same_losses(records, straight)
     # the metrics a run reports
-    last = straight[6]
+    reference = {m["step"]: m for m in losses(straight)}
+    last = reference[6]
     for key in ("samples_per_s", "step_time_s", "time/teachers_s", "time/student_s", "tflops_per_s",
                 "memory_gb", "data/skipped_samples", "nonfinite_steps", "data/position"):
         assert key in last
-    assert last["data/position"] == 6 and straight[1]["lr"] < straight[2]["lr"]  # warmup, then cosine
-    assert any((tmp_path / "straight" / "tensorboard").iterdir())
-    assert (tmp_path / "straight" / "student.safetensors").stat().st_size > 0
+    assert last["data/position"] == 6 and reference[1]["lr"] < reference[2]["lr"]  # warmup, then cosine
+    assert any((straight / "tensorboard").iterdir())
+    assert (straight / "student.safetensors").stat().st_size > 0
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_the_rerun_continues_exactly(setup, straight, tmp_path):
+    out = tmp_path / "terminated"
+    args = BASE + overrides(setup, out, "train.zero_stage=1")        # no periodic checkpoints: only at exit
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    metrics = out / "metrics.jsonl"
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):   # two steps done
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 0, proc.communicate()[0][-3000:]
+    k = len(losses(out))
+    assert 2 <= k < 6 and (out / "checkpoints" / f"step{k:08d}").is_dir()   # stopped early, checkpointed there
+    assert f"resumed from step{k:08d}: step {k}" in run(args).stdout
+    records = losses(out)
+    assert [m["step"] for m in records] == list(range(1, 7))
+    assert_same_losses(records, straight)
 
 
 @pytest.mark.parametrize("zero", [2])

@@ -1,7 +1,6 @@
 """Must-show 5 and the demo path: stage-1 training on corpus-core shards of synthetic motion videos
 teaches the encoder something an attentive probe can use; and the attentive probe command itself."""
 import json
-import subprocess
 import sys
 from pathlib import Path
 

@@ -65,18 +65,29 @@ def make_audio_only(path: str | Path, seconds: float = 2.0, rate: int = 44100) -
     return path
 
 
+def _copy_packets(src, dst, streams) -> None:
+    """Copy the packets of input `streams` into new streams of `dst` (no decoding)."""
+    outs = {st.index: dst.add_stream_from_template(st) for st in streams}
+    for pkt in src.demux(*streams):
+        if pkt.dts is None:           # demux's flush packets
+            continue
+        pkt.stream = outs[pkt.stream.index]
+        dst.mux(pkt)
+
+
+def remux(src: str | Path, out: str | Path, faststart: bool = False) -> None:
+    """Stream-copy the video and audio of `src` into a new mp4 (the moov atom first with faststart)."""
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(src)) as inp, av.open(str(out), "w", format="mp4", options=options) as dst:
+        _copy_packets(inp, dst, [st for st in inp.streams if st.type in ("video", "audio")])
+
+
 def mux_audio(video: str, samples: np.ndarray, out: str, rate: int = 16000, codec: str = "aac") -> None:
     """Write `out` = the video stream of `video` (packets copied, not re-encoded) + `samples` as a new
     audio track (mono float32 at `rate`). Gives real videos known speech or silence."""
     with av.open(video) as src, av.open(out, "w", format="mp4") as dst:
-        vin = src.streams.video[0]
-        vout = dst.add_stream_from_template(vin)
         aout = dst.add_stream(codec, rate=rate, layout="mono")
-        for pkt in src.demux(vin):
-            if pkt.dts is None:
-                continue
-            pkt.stream = vout
-            dst.mux(pkt)
+        _copy_packets(src, dst, [src.streams.video[0]])
         encode_audio(dst, aout, np.asarray(samples, np.float32).reshape(1, -1), rate)
 
 

@@ -35,11 +35,13 @@ def clip_transform(frames: np.ndarray, size: int, mean: list[float], std: list[f
     else:  # centre square of the short side
         ch = cw = min(h, w)
         top, left = (h - ch) // 2, (w - cw) // 2
-    x = torch.from_numpy(np.ascontiguousarray(frames[:, top:top + ch, left:left + cw]))
-    x = x.permute(0, 3, 1, 2).float().div_(255.0)               # (T, 3, h, w)
+    # resize in uint8: frames arrive (T, H, W, 3), i.e. channels-last, which is torch's vectorized
+    # uint8 antialiased path (~10x faster than the same resize in float; results differ by <= 1/255)
+    x = torch.from_numpy(np.ascontiguousarray(frames[:, top:top + ch, left:left + cw])).permute(0, 3, 1, 2)
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     if train and flip and rng.random() < 0.5:
         x = x.flip(-1)
-    m = torch.tensor(mean).view(1, 3, 1, 1)
-    s = torch.tensor(std).view(1, 3, 1, 1)
-    return ((x - m) / s).permute(1, 0, 2, 3).contiguous()       # (3, T, S, S)
+    m = torch.tensor(mean).view(3, 1, 1, 1) * 255.0
+    s = torch.tensor(std).view(3, 1, 1, 1) * 255.0
+    # reorder while still uint8 (a quarter of the bytes), then normalize in place
+    return x.permute(1, 0, 2, 3).contiguous().float().sub_(m).div_(s)  # (3, T, S, S)
