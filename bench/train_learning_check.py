@@ -5,11 +5,16 @@ Set-up (all on CPU, all real files):
    shapes scrolling left/right/up/down with wrap-around; one frame alone carries no class), written
    as H.264 mp4 with PyAV and sharded by the corpus core (ivdata.pipeline.build_corpus, labels
    included) into a train and an eval shard set.
-2. Teachers: the motion teacher is a tiny VideoMAE trained here as a masked-pixel model (tube mask
-   75 %, normalized-pixel regression) on the train videos (ivtrain.tiny_teachers); the semantic
-   teacher is a tiny CLIP tower left at random initialization (no real image teacher can be had here).
-3. The tiny student is trained with `python -m ivtrain.train recipes/iv2_stage1_tiny.yaml` (DeepSpeed,
-   ZeRO 1, one CPU process). Labels are never seen by the teacher or the student.
+   A third, larger set (`distill_per_class` clips per direction) is what the teacher and the student
+   train on; the probe's train and eval sets are separate clips.
+2. Teachers: the motion teacher is a tiny VideoMAE (tubelet 2) trained here as a masked-pixel model
+   (the second half of each clip hidden: predicting it needs the motion), then, with
+   `finetune_steps > 0`, fine-tuned to classify the direction on the distillation set, as InternVideo2's
+   VideoMAEv2-g teacher is fine-tuned on K710. The semantic teacher is a tiny CLIP tower left at random
+   initialization (no real image teacher can be had here).
+3. The tiny student (tubelet 1, as in the paper) is trained with `python -m ivtrain.train
+   recipes/iv2_stage1_tiny.yaml` (DeepSpeed, ZeRO 1, one CPU process) on the distillation set. It never
+   sees a label.
 4. The attentive probe (ivtrain.eval.probe: frozen encoder, attention pooling + linear) is fit on the
    train set and scored on the eval set, for the trained encoder and for the same encoder at random
    initialization (the same init seed the training run started from), over several probe seeds.
@@ -44,8 +49,9 @@ def make_shards(work: Path, name: str, per_class: int, seed: int) -> Path:
 TEACHER = dict(hidden=96, layers=4, mask="future", augment=False)
 
 
-def learning_check(work: Path, train_per_class: int = 32, eval_per_class: int = 12, teacher_steps: int = 1500,
-                   student_steps: int = 300, probe_seeds: int = 3, probe_epochs: int = 60) -> dict:
+def learning_check(work: Path, train_per_class: int = 32, eval_per_class: int = 16, distill_per_class: int = 512,
+                   teacher_steps: int = 1500, finetune_steps: int = 300, student_steps: int = 3000,
+                   student_batch: int = 16, probe_seeds: int = 3, probe_epochs: int = 60) -> dict:
     import torch
 
     from ivtrain.config import load_recipe
@@ -58,19 +64,21 @@ def learning_check(work: Path, train_per_class: int = 32, eval_per_class: int = 
     t0 = time.time()
     train_shards = make_shards(work, "motion_train", train_per_class, seed=1)
     eval_shards = make_shards(work, "motion_eval", eval_per_class, seed=2)
+    distill_shards = make_shards(work, "motion_distill", distill_per_class, seed=7)
     t_data = time.time() - t0
 
     t0 = time.time()
     teachers = work / "teachers"
     save_tiny_clip_teacher(teachers / "tiny_clip")
-    teacher_info = train_tiny_videomae(teachers / "tiny_videomae", str(train_shards), teacher_steps, **TEACHER)
+    teacher_info = train_tiny_videomae(teachers / "tiny_videomae", str(distill_shards), teacher_steps,
+                                       finetune_steps=finetune_steps, **TEACHER)
     t_teacher = time.time() - t0
 
     run_dir = work / "student"
-    sets = [f"data.shards={train_shards}", f"teachers.semantic.path={teachers / 'tiny_clip'}",
+    sets = [f"data.shards={distill_shards}", f"teachers.semantic.path={teachers / 'tiny_clip'}",
             f"teachers.motion.path={teachers / 'tiny_videomae'}", f"train.out_dir={run_dir}",
-            f"train.steps={student_steps}", "train.ckpt_every=0", "train.log_every=25", "data.batch_size=8",
-            "optim.warmup_steps=20", "train.tensorboard=false", "train.resume=false"]
+            f"train.steps={student_steps}", "train.ckpt_every=0", "train.log_every=250",
+            f"data.batch_size={student_batch}", "optim.warmup_steps=100", "train.tensorboard=false", "train.resume=false"]
     t0 = time.time()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-m", "ivtrain.train", str(ROOT / "recipes/iv2_stage1_tiny.yaml")]
@@ -90,11 +98,12 @@ def learning_check(work: Path, train_per_class: int = 32, eval_per_class: int = 
     t_probe = time.time() - t0
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     return {
-        "train_clips": 4 * train_per_class, "eval_clips": 4 * eval_per_class, "classes": 4,
+        "distill_clips": 4 * distill_per_class, "train_clips": 4 * train_per_class, "eval_clips": 4 * eval_per_class, "classes": 4,
         "teacher": {"kind": "tiny VideoMAE (tubelet 2, patch 8, 8x32x32) trained here as a masked-pixel model "
-                            "(mask: second half of the clip); semantic teacher: random tiny CLIP", **TEACHER,
+                            "(mask: second half of the clip), then fine-tuned on direction labels for finetune_steps; "
+                            "semantic teacher: random tiny CLIP", "finetune_steps": finetune_steps, **TEACHER,
                     "steps": teacher_steps, **teacher_info},
-        "student": {"steps": student_steps, "batch": 8, "first_loss": metrics[0]["loss"],
+        "student": {"steps": student_steps, "batch": student_batch, "first_loss": metrics[0]["loss"],
                     "last_loss": metrics[-1]["loss"], "first": {k: v for k, v in metrics[0].items() if k.startswith("loss")},
                     "last": {k: v for k, v in metrics[-1].items() if k.startswith("loss")}},
         "probe_eval_accuracy_trained": trained, "probe_eval_accuracy_random": random,
@@ -103,7 +112,7 @@ def learning_check(work: Path, train_per_class: int = 32, eval_per_class: int = 
     }
 
 
-QUICK = dict(train_per_class=24, eval_per_class=8, teacher_steps=800, student_steps=200, probe_seeds=2)
+QUICK = dict(distill_per_class=128, teacher_steps=800, finetune_steps=200, student_steps=600, probe_seeds=2)
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
 """Synthetic labeled videos whose class needs motion, and a plain shard writer for them.
 
-Each clip is a camera pan over a random scene (a dark canvas with coloured rectangles and discs, or a
-smooth colour texture) in one of four directions: left, right, up, down. Every single frame is a window
-onto a random scene, so no frame on its own reveals the class; only the motion does.
+Each clip is a dark canvas with two coloured rectangles or discs at random places that scrolls
+(with wrap-around) in one of four directions: left, right, up, down. Every single frame is a uniformly shifted
+copy of a random canvas, so no frame on its own reveals the class; only the motion does.
 Files are real H.264 mp4s written with PyAV. This module does not import ivtrain or ivdata.
 """
 from __future__ import annotations
@@ -34,42 +34,14 @@ def render_canvas(rng: np.random.Generator, size: int, shapes: int = 2) -> np.nd
     return canvas
 
 
-def render_texture(rng: np.random.Generator, size: int, waves: int = 6, max_freq: int = 3) -> np.ndarray:
-    """A smooth random colour texture that tiles (a sum of a few low-frequency plane waves), so every
-    patch carries edges that a shift moves and wrap-around scrolling leaves no seam."""
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    out = np.zeros((size, size, 3))
-    for _ in range(waves):
-        ky, kx = rng.integers(-max_freq, max_freq + 1, size=2)
-        if ky == 0 and kx == 0:
-            kx = 1
-        wave = np.cos(2 * np.pi * (ky * yy + kx * xx) + rng.uniform(0, 2 * np.pi))
-        out += wave[..., None] * rng.uniform(-1, 1, size=3)
-    out = (out - out.min()) / max(out.max() - out.min(), 1e-6)
-    return (out * 255).astype(np.uint8)
-
-
 def motion_frames(direction: str, rng: np.random.Generator, size: int = 64, frames: int = 16,
-                  speed: int = 3, canvas: str = "shapes") -> np.ndarray:
-    """A camera pan: a size x size window slides over a larger random canvas, `speed` px per frame."""
+                  speed: int = 3) -> np.ndarray:
     dy, dx = DIRECTIONS[direction]
-    travel = speed * (frames - 1)
-    big = size + travel
-    if canvas == "shapes":
-        scene = render_canvas(rng, big, shapes=max(2, round(2 * (big / size) ** 2)))
-    elif canvas == "dot":
-        scene = np.zeros((big, big, 3), np.uint8)
-        cy, cx = rng.integers(size // 4, big - size // 4, size=2)
-        scene[max(0, cy - 5):cy + 5, max(0, cx - 5):cx + 5] = 255
-    else:
-        scene = render_texture(rng, big)
-    # start where the window can travel the whole way without leaving the canvas
-    y0 = travel if dy < 0 else 0
-    x0 = travel if dx < 0 else 0
-    other = rng.integers(0, travel + 1)
-    y0, x0 = (y0, other) if dy else (other, x0)
-    return np.stack([scene[y0 + dy * speed * t: y0 + dy * speed * t + size,
-                           x0 + dx * speed * t: x0 + dx * speed * t + size] for t in range(frames)])
+    canvas = render_canvas(rng, size)
+    start = rng.integers(0, size, size=2)
+    out = [np.roll(canvas, (start[0] + dy * speed * t, start[1] + dx * speed * t), axis=(0, 1))
+           for t in range(frames)]
+    return np.stack(out)
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: int = 8) -> None:
@@ -88,7 +60,7 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = 8) -> None:
 
 
 def write_motion_dataset(out_dir: str | Path, per_class: int, split: str = "train", seed: int = 0,
-                         size: int = 64, frames: int = 20, speed: int = 3, canvas: str = "shapes") -> Path:
+                         size: int = 64, frames: int = 20, speed: int = 3) -> Path:
     """Write per_class clips per direction into out_dir and a CSV `path,label,split`; returns the CSV."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -97,7 +69,7 @@ def write_motion_dataset(out_dir: str | Path, per_class: int, split: str = "trai
     for i in range(per_class):
         for label in DIRECTIONS:
             path = out_dir / f"{split}_{label}_{i:04d}.mp4"
-            write_mp4(path, motion_frames(label, rng, size, frames, speed, canvas))
+            write_mp4(path, motion_frames(label, rng, size, frames, speed))
             rows.append({"path": str(path.resolve()), "label": label, "split": split})
     csv_path = out_dir / f"{split}.csv"
     with open(csv_path, "w", newline="") as f:

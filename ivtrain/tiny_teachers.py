@@ -9,6 +9,7 @@ that its features carry real motion information; the CLIP tower stays randomly i
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 
 import torch
@@ -79,7 +80,9 @@ def finetune_on_labels(encoder, cfg, shards: str, steps: int, image_size: int, f
     classes = sorted({stream.index.metadata(i).get("label") for i in range(len(stream.index))}, key=str)
     if None in classes:
         raise ValueError(f"{shards}: fine-tuning the motion teacher needs labeled shards")
-    cfg = type(cfg).from_dict({**cfg.to_dict(), "num_labels": len(classes)})
+    cfg = copy.deepcopy(cfg)
+    cfg.id2label = {i: str(c) for i, c in enumerate(classes)}
+    cfg.label2id = {str(c): i for i, c in enumerate(classes)}
     model = VideoMAEForVideoClassification(cfg)
     model.videomae.load_state_dict(encoder.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=lr / 3, weight_decay=0.05)

@@ -33,10 +33,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_annotate_models import _Server  # noqa: E402  (the tiny OpenAI-compatible server)
 
 
-def _pad(samples: np.ndarray, seconds: float) -> np.ndarray:
-    return np.concatenate([samples, np.zeros(max(0, int(seconds * RATE) - samples.size), np.float32)])
-
-
 def _truncate_midway(path: Path) -> None:
     """Rewrite a clip with its index first (faststart) and cut the file in half: the container opens,
     decoding runs, and the data ends midway, as with an interrupted download."""
@@ -57,7 +53,7 @@ def corpus_and_models(tmp_path_factory):
     shutil.copy(SKV / "bikes.mp4", vids / "bikes_noaudio.mp4")
     shutil.copy(SKV / "bigbuckbunny.mp4", vids / "bunny_music.mp4")
     speech = load_audio(str(DATA / "speech_en.flac")).samples
-    mux_audio(str(SKV / "bikes.mp4"), _pad(speech, 10.0), str(vids / "bikes_speech.mp4"))
+    mux_audio(str(SKV / "bikes.mp4"), speech, str(vids / "bikes_speech.mp4"))  # padded to 10 s
     mux_audio(str(SKV / "carphone_pristine.mp4"), np.zeros(4 * RATE, np.float32), str(vids / "carphone_silent.mp4"))
     mux_audio(str(SKV / "carphone_pristine.mp4"), speech[RATE: 5 * RATE], str(vids / "carphone_broken.mp4"))
     corpus = build_corpus("vidcap", [str(vids)], home=root, split="whole", cut="reencode", short_side=144)

