@@ -124,6 +124,9 @@ def build_openai_whisper(out: Path, seed: int = 0) -> Path:
     dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=32, n_audio_head=2, n_audio_layer=1,
                            n_vocab=51865, n_text_ctx=448, n_text_state=32, n_text_head=2, n_text_layer=1)
     model = Whisper(dims)
+    # openai-whisper allocates the decoder's positional table with torch.empty (real checkpoints overwrite
+    # it): left alone, the tiny model would carry whatever memory held, NaN included
+    torch.nn.init.normal_(model.decoder.positional_embedding, std=0.02)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"dims": asdict(dims), "model_state_dict": model.state_dict()}, out)
     return out
