@@ -31,18 +31,14 @@ def train_tiny_videomae(out: Path, shards: str | None, steps: int, image_size: i
     torch.manual_seed(seed)
     cfg = tiny_videomae_config(image_size=image_size, num_frames=frames, hidden=hidden, layers=layers)
     model = VideoMAEForPreTraining(cfg)
-    losses = []
+    info = {"first_loss": None, "last_loss": None, "steps": 0}
     if shards:
         data = DataConfig(shards=shards, num_frames=frames, teacher_frames=frames, image_size=image_size,
                           batch_size=batch_size, num_workers=2, train=augment)
         loader, _ = make_loader(data, seed=seed)
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
         grid = image_size // cfg.patch_size
-        model.train()
-        for step, batch in zip(range(steps), loader):
-            if batch["video"] is None:
-                continue
+
+        def masked_pixel_loss(batch):
             video = batch["video"].transpose(1, 2)  # (B, T, 3, H, W)
             if mask == "future":  # hide the second half of the clip: predicting it needs the motion
                 visible = torch.zeros(video.shape[0], frames // 2, grid * grid, dtype=torch.bool)
@@ -50,14 +46,9 @@ def train_tiny_videomae(out: Path, shards: str | None, steps: int, image_size: i
                 visible = visible.reshape(video.shape[0], -1)
             else:
                 visible = tube_mask(video.shape[0], frames // 2, grid * grid, mask_ratio)
-            loss = model(pixel_values=video, bool_masked_pos=~visible).loss
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-    info = {"first_loss": losses[0] if losses else None, "last_loss": sum(losses[-5:]) / max(1, len(losses[-5:]))
-            if losses else None, "steps": len(losses)}
+            return model(pixel_values=video, bool_masked_pos=~visible).loss
+
+        info = fit(model, loader, masked_pixel_loss, steps, lr)
     encoder = model.videomae
     if finetune_steps:
         encoder, info["finetune"] = finetune_on_labels(encoder, cfg, shards, finetune_steps, image_size, frames,
@@ -85,22 +76,30 @@ def finetune_on_labels(encoder, cfg, shards: str, steps: int, image_size: int, f
     cfg.label2id = {str(c): i for i, c in enumerate(classes)}
     model = VideoMAEForVideoClassification(cfg)
     model.videomae.load_state_dict(encoder.state_dict())
-    opt = torch.optim.AdamW(model.parameters(), lr=lr / 3, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr / 3, total_steps=steps, pct_start=0.1)
+    info = fit(model, loader, lambda batch: model(
+        pixel_values=batch["video"].transpose(1, 2),
+        labels=torch.tensor([classes.index(lb) for lb in batch["labels"]])).loss, steps, lr / 3)
+    return model.videomae, {**info, "classes": classes}
+
+
+def fit(model, loader, loss_of, steps: int, lr: float) -> dict:
+    """AdamW with a one-cycle schedule for `steps` batches; batches with no decodable clip are skipped."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    # warm up over 10 % of the steps, and over at least two (OneCycleLR divides by the warm-up length)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=min(0.5, max(0.1, 2 / steps)))
     model.train()
     losses = []
     for _, batch in zip(range(steps), loader):
         if batch["video"] is None:
             continue
-        labels = torch.tensor([classes.index(lb) for lb in batch["labels"]])
-        loss = model(pixel_values=batch["video"].transpose(1, 2), labels=labels).loss
+        loss = loss_of(batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
         losses.append(loss.item())
-    return model.videomae, {"steps": len(losses), "first_loss": losses[0], "last_loss": sum(losses[-5:]) / 5,
-                            "classes": classes}
+    return {"first_loss": losses[0] if losses else None,
+            "last_loss": sum(losses[-5:]) / max(1, len(losses[-5:])) if losses else None, "steps": len(losses)}
 
 
 def main(argv=None) -> None:

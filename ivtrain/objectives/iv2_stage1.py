@@ -5,8 +5,6 @@ Read top to bottom against the paper (Sec. 3.1 of InternVideo2):
 1. A clip of `teacher_frames` frames (16) is sampled. The motion teacher (VideoMAE V2 style,
    tubelet 2) sees all of them; the student and the semantic (image) teacher see every second
    frame (8), so all three share one (8, H/p, W/p) token grid and one mask serves them all.
-   (A student with tubelet 2, `model.tubelet_size: 2` and `data.num_frames = teacher_frames`,
-   sees all 16 frames on the same grid; the image teacher still sees one frame per token.)
 2. The semantic teacher's CLS attention picks which tokens stay visible (mask ~80 %).
 3. The student encodes only the visible tokens (+ CLS).
 4. Losses, each `2 - 2 cos` between L2-normalized features, only on visible tokens:
@@ -165,8 +163,7 @@ class IV2Stage1:
         """Run the teachers and draw the mask; returns the keyword inputs of `trainable`."""
         video = batch["video"].to(self.device, non_blocking=True)  # (B, 3, T_teacher, H, W)
         student_video = video[:, :, ::self.frame_stride]
-        # one image-teacher frame per temporal token: every frame for the paper's tubelet-1 student
-        sem = self.semantic(student_video[:, :, ::self.trainable.encoder.cfg.tubelet_size])
+        sem = self.semantic(student_video)
         b, t, p = sem.cls_attention.shape
         visible = make_mask(self.recipe.mask.type, self.recipe.mask.ratio, b, t, p,
                             cls_attention=sem.cls_attention, device=self.device)
