@@ -1,9 +1,11 @@
 """Synthetic labeled videos whose class needs motion, and a plain shard writer for them.
 
-Each clip is a dark canvas with two coloured rectangles or discs at random places that scrolls
-(with wrap-around) in one of four directions: left, right, up, down. Every single frame is a uniformly shifted
-copy of a random canvas, so no frame on its own reveals the class; only the motion does.
-Files are real H.264 mp4s written with PyAV. This module does not import ivtrain or ivdata.
+Each clip shows a few coloured discs and squares on a dark background, all moving together in one of
+four directions: left, right, up, down. Along the direction of motion the objects start anywhere on a
+line long enough that, at every frame, the visible positions are uniformly spread over the frame: no
+single frame, not even together with its timestamp, tells the class (objects enter and leave through
+the border). Only the change between frames does. Files are real H.264 mp4s written with PyAV.
+This module does not import ivtrain or ivdata.
 """
 from __future__ import annotations
 
@@ -18,30 +20,33 @@ import numpy as np
 DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
 
 
-def render_canvas(rng: np.random.Generator, size: int, shapes: int = 2) -> np.ndarray:
-    """A dark canvas with a few large coloured rectangles or discs at random places."""
-    canvas = np.full((size, size, 3), rng.integers(0, 40), dtype=np.uint8)
-    yy, xx = np.mgrid[0:size, 0:size]
-    for _ in range(shapes):
-        color = rng.integers(120, 256, size=3)
-        cy, cx = rng.integers(0, size, size=2)
-        r = rng.integers(size // 10, size // 6)
-        if rng.random() < 0.5:
-            inside = (np.abs(yy - cy) <= r) & (np.abs(xx - cx) <= r)
-        else:
-            inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-        canvas[inside] = color
-    return canvas
-
-
-def motion_frames(direction: str, rng: np.random.Generator, size: int = 64, frames: int = 16,
-                  speed: int = 3) -> np.ndarray:
+def motion_frames(direction: str, rng: np.random.Generator, size: int = 64, frames: int = 20,
+                  speed: float = 1.5, objects: int = 4) -> np.ndarray:
+    """(frames, size, size, 3) uint8: `objects` shapes moving `speed` px per frame in `direction`."""
     dy, dx = DIRECTIONS[direction]
-    canvas = render_canvas(rng, size)
-    start = rng.integers(0, size, size=2)
-    out = [np.roll(canvas, (start[0] + dy * speed * t, start[1] + dx * speed * t), axis=(0, 1))
-           for t in range(frames)]
-    return np.stack(out)
+    travel = speed * (frames - 1)
+    out = np.full((frames, size, size, 3), rng.integers(0, 40), dtype=np.uint8)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for _ in range(objects):
+        r = int(rng.integers(size // 12, size // 8 + 1))
+        start = []
+        for step in (dy, dx):
+            if step == 0:  # across the motion: anywhere inside the frame
+                start.append(rng.uniform(r, size - 1 - r))
+            else:  # along it: the object is (at least partly) in view at some frame, and at each frame its
+                # position is uniform over [-r, size + r] whatever the direction
+                lo = -r - travel if step > 0 else -r
+                start.append(rng.uniform(lo, lo + size + 2 * r + travel))
+        color = rng.integers(120, 256, size=3)
+        square = rng.random() < 0.5
+        for t in range(frames):
+            cy, cx = start[0] + dy * speed * t, start[1] + dx * speed * t
+            if square:
+                inside = (np.abs(yy - cy) <= r) & (np.abs(xx - cx) <= r)
+            else:
+                inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+            out[t][inside] = color
+    return out
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: int = 8) -> None:
@@ -60,7 +65,7 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = 8) -> None:
 
 
 def write_motion_dataset(out_dir: str | Path, per_class: int, split: str = "train", seed: int = 0,
-                         size: int = 64, frames: int = 20, speed: int = 3) -> Path:
+                         size: int = 64, frames: int = 20, speed: float = 1.5) -> Path:
     """Write per_class clips per direction into out_dir and a CSV `path,label,split`; returns the CSV."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

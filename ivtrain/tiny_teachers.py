@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -21,8 +22,12 @@ from ivtrain.models.teachers import save_tiny_clip_teacher, tiny_videomae_config
 def train_tiny_videomae(out: Path, shards: str | None, steps: int, image_size: int = 32, frames: int = 8,
                         batch_size: int = 8, lr: float = 1.5e-3, seed: int = 0, mask_ratio: float = 0.75,
                         mask: str = "future", hidden: int = 48, layers: int = 3, augment: bool = True,
-                        finetune_steps: int = 0) -> dict:
-    """Train (or just initialize, when shards is None) a tiny VideoMAE and save its encoder to `out`."""
+                        finetune_steps: int = 0, finetune_batch_size: int = 16,
+                        eval_shards: str | None = None) -> dict:
+    """Train (or just initialize, when shards is None) a tiny VideoMAE and save its encoder to `out`.
+
+    With `finetune_steps`, the encoder is then fine-tuned on the shards' labels; with `eval_shards`
+    too, the fine-tuned classifier's accuracy there is reported (what the teacher knows)."""
     from transformers import VideoMAEForPreTraining
 
     from ivtrain.data.masking import tube_mask
@@ -52,13 +57,13 @@ def train_tiny_videomae(out: Path, shards: str | None, steps: int, image_size: i
     encoder = model.videomae
     if finetune_steps:
         encoder, info["finetune"] = finetune_on_labels(encoder, cfg, shards, finetune_steps, image_size, frames,
-                                                       batch_size, lr, seed, augment)
+                                                       finetune_batch_size, lr, seed, augment, eval_shards)
     encoder.save_pretrained(out)
     return info
 
 
 def finetune_on_labels(encoder, cfg, shards: str, steps: int, image_size: int, frames: int, batch_size: int,
-                       lr: float, seed: int, augment: bool):
+                       lr: float, seed: int, augment: bool, eval_shards: str | None = None):
     """Fine-tune the VideoMAE encoder as a classifier of the shards' `label` (mean pooling + linear), as
     InternVideo2's motion teacher (VideoMAEv2-g) is fine-tuned on K710. Returns (encoder, info)."""
     from transformers import VideoMAEForVideoClassification
@@ -79,7 +84,27 @@ def finetune_on_labels(encoder, cfg, shards: str, steps: int, image_size: int, f
     info = fit(model, loader, lambda batch: model(
         pixel_values=batch["video"].transpose(1, 2),
         labels=torch.tensor([classes.index(lb) for lb in batch["labels"]])).loss, steps, lr / 3)
-    return model.videomae, {**info, "classes": classes}
+    info["classes"] = classes
+    if eval_shards:
+        info["eval_accuracy"] = classifier_accuracy(model, classes, replace(data, shards=eval_shards, train=False))
+    return model.videomae, info
+
+
+@torch.no_grad()
+def classifier_accuracy(model, classes: list, data: DataConfig) -> float:
+    """Accuracy of a VideoMAEForVideoClassification over one pass of `data` (evaluation sampling)."""
+    from ivtrain.data.shards import make_loader
+
+    loader, _ = make_loader(replace(data, shuffle=False), epochs=1)
+    model.eval()
+    right = total = 0
+    for batch in loader:
+        if batch["video"] is None:
+            continue
+        pred = model(pixel_values=batch["video"].transpose(1, 2)).logits.argmax(-1)
+        right += sum(classes[int(i)] == lb for i, lb in zip(pred, batch["labels"]))
+        total += len(batch["labels"])
+    return right / max(1, total)
 
 
 def fit(model, loader, loss_of, steps: int, lr: float) -> dict:
