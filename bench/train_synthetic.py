@@ -66,7 +66,8 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = 8) -> None:
 
 def write_motion_dataset(out_dir: str | Path, per_class: int, split: str = "train", seed: int = 0,
                          size: int = 64, frames: int = 20, speed: float = 1.5) -> Path:
-    """Write per_class clips per direction into out_dir and a CSV `path,label,split`; returns the CSV."""
+    """Write per_class clips per direction into out_dir and a CSV `path,source,source_id,label,split`;
+    returns the CSV."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -75,10 +76,13 @@ def write_motion_dataset(out_dir: str | Path, per_class: int, split: str = "trai
         for label in DIRECTIONS:
             path = out_dir / f"{split}_{label}_{i:04d}.mp4"
             write_mp4(path, motion_frames(label, rng, size, frames, speed))
-            rows.append({"path": str(path.resolve()), "label": label, "split": split})
+            # source_id: the corpus core derives video ids from it (else from the path), so the same
+            # clips get the same ids, hence the same shard order, wherever out_dir is
+            rows.append({"path": str(path.resolve()), "source": "synthetic_motion", "source_id": path.stem,
+                         "label": label, "split": split})
     csv_path = out_dir / f"{split}.csv"
     with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "label", "split"])
+        writer = csv.DictWriter(f, fieldnames=["path", "source", "source_id", "label", "split"])
         writer.writeheader()
         writer.writerows(rows)
     return csv_path
