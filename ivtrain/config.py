@@ -1,23 +1,19 @@
-"""Typed recipes: dataclasses loaded from YAML, with dotted overrides and strict checking.
+"""Training recipes: the dataclass tree of a stage's YAML (recipes/iv2_stage1_*.yaml).
 
-A recipe is a tree of dataclasses. `load_recipe(path, overrides)` reads the YAML, applies
-`a.b.c=value` overrides (values parsed as YAML scalars), and converts the tree into the
-dataclasses, failing with the dotted path of any unknown or ill-typed key.
+`load_recipe(path, overrides)` reads the YAML, applies `a.b.c=value` overrides (values parsed as
+YAML), and builds the tree through ivkit.typed_yaml, which fails with the dotted path of any unknown
+or ill-typed key; `validate` then checks the rules that tie keys together.
 """
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
-import yaml
+from ivkit.typed_yaml import ConfigError, apply_override, build, read_mapping
 
-
-class ConfigError(ValueError):
-    """A recipe key is unknown, missing or of the wrong type."""
+__all__ = ["ConfigError", "Recipe", "load_recipe", "to_dict", "validate"]
 
 
 @dataclass
@@ -128,108 +124,12 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-# ---------------------------------------------------------------- conversion
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _convert(value: Any, tp: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
-        return build_dataclass(tp, value, where)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise ConfigError(f"{where}: {value!r} is not one of {list(choices)}")
-        return value
-    if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        errors = []
-        for a in args:
-            try:
-                return _convert(value, a, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError("; ".join(errors))
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_convert(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return str(value)
-    if tp is Any:
-        return value
-    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")
-
-
-def build_dataclass(cls: type, raw: dict, where: str = "") -> Any:
-    """Build dataclass `cls` from a plain dict; unknown keys and bad types raise ConfigError."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        path = f"{where}." if where else ""
-        raise ConfigError(f"unknown key {path}{unknown[0]} (valid keys{' of ' + where if where else ''}: "
-                          f"{', '.join(sorted(names))})")
-    kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in raw.items()}
-    return cls(**kwargs)
-
-
-def apply_override(raw: dict, override: str) -> None:
-    """Apply one `a.b.c=value` override to a nested dict; the value is parsed as YAML."""
-    if "=" not in override:
-        raise ConfigError(f"override {override!r} must look like key.path=value")
-    key, text = override.split("=", 1)
-    parts = [p for p in key.strip().split(".")]
-    if not all(parts):
-        raise ConfigError(f"override {override!r}: empty key segment")
-    node = raw
-    for p in parts[:-1]:
-        child = node.setdefault(p, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {override!r}: {p} is not a section")
-        node = child
-    node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
-
-
 def load_recipe(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read a YAML recipe (or start from the defaults when path is None) and apply overrides."""
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"recipe {path} does not exist")
-        raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"recipe {path}: top level must be a mapping")
+    raw = read_mapping(path) if path is not None else {}
     for ov in overrides:
         apply_override(raw, ov)
-    recipe = build_dataclass(Recipe, raw)
+    recipe = build(Recipe, raw)
     validate(recipe)
     return recipe
 

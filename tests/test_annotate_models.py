@@ -237,7 +237,7 @@ def test_recipes_load_and_bad_configs_fail_clearly(tmp_path):
     with pytest.raises(ConfigError, match="asr.backend 'whisperx'"):
         load_config(bad)
     bad.write_text("vidcap:\n  fuse:\n    temprature: 0.5\n")
-    with pytest.raises(ConfigError, match="unknown keys \\['temprature'\\]"):
+    with pytest.raises(ConfigError, match="unknown key fuse.temprature"):
         load_config(bad)
     with pytest.raises(ConfigError, match="needs fuse.url"):
         FuseConfig(backend="openai")

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from ivdata.curate.kmash import RecipeError, format_plan, load_recipe, plan_kmash, scaled_quota
+from ivdata.curate.kmash import format_plan, load_recipe, plan_kmash, scaled_quota
 from ivdata.curate.sources import read_source, source_key
+from ivkit.typed_yaml import ConfigError
 
 FIX = Path(__file__).parent / "fixtures" / "curate"
 RECIPES = Path(__file__).parent.parent / "recipes"
@@ -131,13 +132,13 @@ def test_kmash_2m_adds_the_extra_youtube_list(tmp_path):
 def test_bad_recipe_is_a_clear_error(tmp_path):
     p = tmp_path / "r.yaml"
     p.write_text("name: x\nsources:\n  - {name: a, quota: -1, annotations: []}\n")
-    with pytest.raises(RecipeError, match="quota must be a non-negative integer"):
+    with pytest.raises(ConfigError, match="quota must be a non-negative integer"):
         load_recipe(p)
     p.write_text("name: x\nsources:\n  - {name: a, quota: 1, annotations: [{path: x.csv}]}\n")
-    with pytest.raises(RecipeError, match="needs `format` and `path`"):
+    with pytest.raises(ConfigError, match=r"missing key sources\[0\].annotations\[0\].format"):
         load_recipe(p)
     p.write_text("name: x\nsources:\n  - {name: a, quota: 1, annotations: [], quotas: 3}\n")
-    with pytest.raises(RecipeError, match="unknown keys"):
+    with pytest.raises(ConfigError, match=r"unknown key sources\[0\].quotas"):
         load_recipe(p)
 
 

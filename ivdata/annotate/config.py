@@ -7,17 +7,15 @@ basename), so a corpus annotated on one machine is recognised as done on another
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ivkit.typed_yaml import ConfigError, build, read_mapping, set_dotted
+
+__all__ = ["STAGES", "ConfigError", "VidCapConfig", "load_config", "as_dict"]
 
 STAGES = ("asr", "audio", "frames", "fuse")
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def model_id(backend: str, path: str | None, name: str | None) -> str:
@@ -165,50 +163,22 @@ class VidCapConfig:
             raise ConfigError(f"asr.translate.model {self.asr.translate.model} does not exist")
 
 
-def _build(cls, data: dict[str, Any], where: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = set(data) - set(known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
-    kwargs = {}
-    for k, v in data.items():
-        sub = _nested.get((cls, k))
-        kwargs[k] = _build(sub, v or {}, f"{where}.{k}") if sub else v
-    return cls(**kwargs)
-
-
-_nested = {(VidCapConfig, "asr"): AsrConfig, (VidCapConfig, "audio"): AudioCaptionConfig,
-           (VidCapConfig, "frames"): FrameCaptionConfig, (VidCapConfig, "fuse"): FuseConfig,
-           (AsrConfig, "translate"): TranslateConfig}
-
-
-def _set_dotted(d: dict, key: str, value: Any) -> None:
-    parts = key.split(".")
-    for p in parts[:-1]:
-        d = d.setdefault(p, {})
-    d[parts[-1]] = value
-
-
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> VidCapConfig:
     """Read a vidcap recipe and apply dotted overrides (e.g. {"asr.model": "/models/tiny.en"})."""
     data: dict = {}
     if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"no config at {p}")
-        data = yaml.safe_load(p.read_text()) or {}
+        data = read_mapping(path)
         data = data.get("vidcap", data)
         # model paths in a recipe are relative to the recipe's directory unless absolute
         for sec in ("asr", "audio", "frames", "fuse"):
-            m = (data.get(sec) or {}).get("model")
+            section = data.get(sec)
+            m = section.get("model") if isinstance(section, dict) else None
             if isinstance(m, str) and m.startswith(("./", "../")):
-                data[sec]["model"] = str((p.parent / m).resolve())
+                section["model"] = str((Path(path).parent / m).resolve())
     for k, v in (overrides or {}).items():
-        if v is not None:
-            _set_dotted(data, k, str(v) if isinstance(v, Path) else v)
-    return _build(VidCapConfig, data, "vidcap")
+        if v is not None:              # a CLI flag left unset keeps the recipe's value
+            set_dotted(data, k, v)
+    return build(VidCapConfig, data)
 
 
 def as_dict(cfg) -> dict:

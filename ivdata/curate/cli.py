@@ -28,12 +28,13 @@ def kmash(recipe: Path = typer.Argument(..., exists=True, dir_okay=False, help="
           plan_out: Optional[Path] = typer.Option(None, help="Write the plan summary (JSON) here."),
           workers: int = WorkersOpt):
     """Plan a KMash mix from annotation files, report what is missing on disk, then build the corpus."""
-    from ivdata.curate.kmash import RecipeError, format_plan, load_recipe, plan_kmash
+    from ivdata.curate.kmash import format_plan, load_recipe, plan_kmash
     from ivdata.curate.sources import SourceFormatError
+    from ivkit.typed_yaml import ConfigError
     try:
         rcp = load_recipe(recipe)
         plan = plan_kmash(rcp, data_root, scale)
-    except (RecipeError, SourceFormatError, FileNotFoundError) as e:
+    except (ConfigError, SourceFormatError, FileNotFoundError) as e:
         fail(str(e))
     typer.echo(format_plan(plan))
     if plan_out:
@@ -90,10 +91,14 @@ def score(corpus: str = CorpusOpt,
     """Score clips: clip-caption similarity, aesthetic, motion (-> the scores table)."""
     from ivdata.stages.base import run_stage
     from ivdata.stages.score import ScoreConfig, ScoreStage
+    from ivkit.typed_yaml import ConfigError, build
     fields: dict = {}
     if recipe:
         from ivdata.curate.internvid2 import load_recipe
-        fields.update(load_recipe(recipe).score)
+        try:
+            fields.update(load_recipe(recipe).score)
+        except ConfigError as e:
+            fail(str(e))
     if metrics:
         fields["metrics"] = [m.strip() for m in metrics.split(",") if m.strip()]
     if model_dir:
@@ -101,8 +106,8 @@ def score(corpus: str = CorpusOpt,
     if aesthetic_head:
         fields["aesthetic_head"] = str(aesthetic_head)
     try:
-        cfg = ScoreConfig(**fields)
-    except (TypeError, ValueError) as e:
+        cfg = build(ScoreConfig, fields, "score")
+    except ConfigError as e:
         fail(str(e))
     report_stats("score", run_stage(ScoreStage(open_corpus(corpus), cfg), workers))
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from ivdata.curate.filters import FilterRules
 from ivdata.manifest import Manifest
+from ivkit.typed_yaml import ConfigError, build, read_mapping
 
 
 @dataclass
@@ -30,11 +29,11 @@ class SubsetSpec:
 
     def __post_init__(self):
         if self.method not in ("top_k", "div"):
-            raise ValueError(f"subset {self.name}: method must be top_k or div")
+            raise ConfigError(f"subset {self.name}: method must be top_k or div")
         if self.method == "top_k" and (self.k is None) == (self.fraction is None):
-            raise ValueError(f"subset {self.name}: top_k needs exactly one of k, fraction")
+            raise ConfigError(f"subset {self.name}: top_k needs exactly one of k, fraction")
         if self.method == "div" and (self.n is None or self.n < 0):
-            raise ValueError(f"subset {self.name}: div needs n >= 0")
+            raise ConfigError(f"subset {self.name}: div needs n >= 0")
 
 
 @dataclass
@@ -47,13 +46,7 @@ class InternVid2Recipe:
 
 
 def load_recipe(path: str | Path) -> InternVid2Recipe:
-    doc = yaml.safe_load(Path(path).read_text())
-    try:
-        return InternVid2Recipe(name=doc["name"], rules=FilterRules(**(doc.get("rules") or {})),
-                                subsets=[SubsetSpec(**s) for s in doc["subsets"]], seed=int(doc.get("seed", 0)),
-                                score=dict(doc.get("score") or {}))
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"{path}: bad InternVid2 recipe: {e}") from None
+    return build(InternVid2Recipe, read_mapping(path))
 
 
 def _pool_sql(rules: FilterRules, within: str | None, metric: str) -> str:

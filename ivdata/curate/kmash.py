@@ -16,13 +16,8 @@ import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
-
 from ivdata.curate.sources import VideoIndex, read_source, resolve_paths, source_key
-
-
-class RecipeError(ValueError):
-    pass
+from ivkit.typed_yaml import ConfigError, build, read_mapping
 
 
 @dataclass
@@ -43,6 +38,10 @@ class MixSource:
     splits: list[str] = field(default_factory=lambda: ["train"])
     where: dict = field(default_factory=dict)                    # row field -> required value
 
+    def __post_init__(self):
+        if self.quota < 0:
+            raise ConfigError(f"source {self.name}: quota must be a non-negative integer, got {self.quota}")
+
 
 @dataclass
 class KMashRecipe:
@@ -58,47 +57,14 @@ class KMashRecipe:
         return sum(s.quota for s in self.sources)
 
 
-def _refs(raw, where: str) -> list[AnnotationRef]:
-    if not isinstance(raw, list):
-        raise RecipeError(f"{where}: expected a list of {{format, path}}")
-    out = []
-    for i, r in enumerate(raw):
-        if not isinstance(r, dict) or "format" not in r or "path" not in r:
-            raise RecipeError(f"{where}[{i}]: each annotation needs `format` and `path`, got {r!r}")
-        unknown = set(r) - {"format", "path", "source", "split"}
-        if unknown:
-            raise RecipeError(f"{where}[{i}]: unknown keys {sorted(unknown)}")
-        out.append(AnnotationRef(**r))
-    return out
-
-
 def load_recipe(path: str | Path) -> KMashRecipe:
-    path = Path(path)
-    doc = yaml.safe_load(path.read_text())
-    if not isinstance(doc, dict) or "sources" not in doc:
-        raise RecipeError(f"{path}: a KMash recipe is a mapping with `name` and `sources`")
-    sources = []
-    for i, s in enumerate(doc["sources"]):
-        where = f"{path}: sources[{i}]"
-        for key in ("name", "quota", "annotations"):
-            if key not in s:
-                raise RecipeError(f"{where}: missing `{key}`")
-        if not isinstance(s["quota"], int) or s["quota"] < 0:
-            raise RecipeError(f"{where}: quota must be a non-negative integer, got {s['quota']!r}")
-        unknown = set(s) - {"name", "quota", "annotations", "videos_dir", "exclude", "splits", "where"}
-        if unknown:
-            raise RecipeError(f"{where}: unknown keys {sorted(unknown)}")
-        sources.append(MixSource(name=s["name"], quota=s["quota"],
-                                 annotations=_refs(s["annotations"], f"{where}.annotations"),
-                                 videos_dir=s.get("videos_dir"),
-                                 exclude=_refs(s.get("exclude", []), f"{where}.exclude"),
-                                 splits=list(s.get("splits", ["train"])), where=dict(s.get("where") or {})))
-    names = [s.name for s in sources]
+    raw = read_mapping(path)
+    raw.setdefault("name", Path(path).stem)
+    recipe = build(KMashRecipe, raw)
+    names = [s.name for s in recipe.sources]
     if len(set(names)) != len(names):
-        raise RecipeError(f"{path}: mix source names repeat: {names}")
-    return KMashRecipe(name=doc.get("name", path.stem), sources=sources, seed=int(doc.get("seed", 0)),
-                       include_labels=bool(doc.get("include_labels", False)), data_root=doc.get("data_root"),
-                       require_files=bool(doc.get("require_files", True)))
+        raise ConfigError(f"{path}: mix source names repeat: {names}")
+    return recipe
 
 
 def scaled_quota(quota: int, scale: float) -> int:

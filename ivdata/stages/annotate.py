@@ -348,23 +348,17 @@ def annotate(
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Also redo clips whose failure is recorded."),
 ):
     """VidCap captions: S (ASR), A (audio), V (frames), AV and AVS (LLM fusion) -> the captions table."""
-    import yaml
     from rich.console import Console
 
-    from ivdata.annotate.config import ConfigError
     from ivdata.manifest import ManifestError
+    from ivkit.typed_yaml import ConfigError, parse_override
     console = Console()
     overrides: dict[str, Any] = {"asr.model": asr_model, "audio.model": audio_model, "frames.model": frames_model,
                                  "fuse.model": fuse_model, "device": device, "batch_size": batch_size}
     if fuse_url:
         overrides.update({"fuse.backend": "openai", "fuse.url": fuse_url})
-    for item in set_:
-        key, sep, value = item.partition("=")
-        if not sep:
-            console.print(f"[red]error:[/] --set {item!r}: expected key=value")
-            raise typer.Exit(2)
-        overrides[key.strip()] = yaml.safe_load(value)
     try:
+        overrides.update(parse_override(item) for item in set_)
         cfg = load_config(config, overrides)
         stats = run_annotation(Corpus.open(corpus), cfg, parse_stages(stages), subset, workers, retry_failed)
     except (ConfigError, ManifestError, ValueError) as e:

@@ -15,7 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ivtrain.config import Recipe, build_dataclass, load_recipe
+from ivkit.typed_yaml import build
+from ivtrain.config import Recipe, load_recipe
 from ivtrain.data.shards import make_loader
 from ivtrain.models.vit import AttentionPooling, InternVideo2
 
@@ -37,7 +38,7 @@ def load_encoder(run_dir: str | Path | None, recipe: Recipe | None = None, rando
     """The student encoder of a finished run (recipe.json + student.safetensors), or a random one."""
     if run_dir is not None:
         run_dir = Path(run_dir)
-        recipe = build_dataclass(Recipe, json.loads((run_dir / "recipe.json").read_text()))
+        recipe = build(Recipe, json.loads((run_dir / "recipe.json").read_text()))
     if recipe is None:
         raise ValueError("need a run directory or a recipe")
     vit = replace(recipe.model, img_size=recipe.model.img_size or recipe.data.image_size,
