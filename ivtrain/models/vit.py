@@ -9,7 +9,8 @@ ivtrain.convert stay a prefix change.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from typing import NamedTuple
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -205,8 +206,9 @@ class PatchEmbed(nn.Module):
 
 # ------------------------------------------------------------------ the encoder
 
-@dataclass
-class EncoderOutput:
+class EncoderOutput(NamedTuple):
+    """A NamedTuple, not a dataclass: ZeRO-3 finds the tensors a module returns (to gather its sharded
+    weights again for backward) only inside tuples, lists and dicts."""
     tokens: torch.Tensor            # (B, 1 + N_visible, dim): CLS first
     pooled: torch.Tensor            # (B, pool_out_dim)
     layers: dict[int, torch.Tensor]  # block index -> (B, 1 + N_visible, dim), for the requested indices
