@@ -1,5 +1,5 @@
 """`iv train` end to end on CPU: real shards of real mp4s, tiny teachers, DeepSpeed (gloo),
-one process and two (torchrun), ZeRO 0-3, and exact resume after a SIGKILL or a SIGTERM."""
+one process and two (torchrun), ZeRO 0-3, gradient accumulation, and exact resume after a SIGKILL or a SIGTERM."""
 import json
 import math
 import os
@@ -136,6 +136,20 @@ def test_zero0_and_zero3_resume_exactly_and_match_zero1(setup, straight, tmp_pat
     for k, v in reference.items():
         assert ours[k].dtype == v.dtype and ours[k].shape == v.shape, k
         torch.testing.assert_close(ours[k], v, rtol=0, atol=1e-5, msg=k)
+
+
+def test_gradient_accumulation_equals_the_larger_batch_and_resumes(setup, straight, tmp_path):
+    """Two micro batches of one clip per step give the straight run's (one batch of two) losses and lr,
+    and a run killed mid-way resumes at the right micro batch."""
+    out = tmp_path / "accum"
+    args = BASE + overrides(setup, out, "train.zero_stage=1", "data.batch_size=1", "train.grad_accum=2",
+                            "train.ckpt_every=3")
+    run(args + ["--set", "train.debug_kill_at_step=4"], expect_rc=-9)
+    assert "resumed from step00000003: step 3, data position 6" in run(args).stdout
+    records = losses(out)
+    assert [m["step"] for m in records] == [1, 2, 3, 4, 4, 5, 6]
+    assert [m["data/position"] for m in records] == [2, 4, 6, 8, 8, 10, 12]
+    assert_same_losses(records, straight)
 
 
 @pytest.mark.parametrize("zero", [2, 3])
