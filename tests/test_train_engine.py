@@ -143,13 +143,25 @@ def test_gradient_accumulation_equals_the_larger_batch_and_resumes(setup, straig
     and a run killed mid-way resumes at the right micro batch."""
     out = tmp_path / "accum"
     args = BASE + overrides(setup, out, "train.zero_stage=1", "data.batch_size=1", "train.grad_accum=2",
-                            "train.ckpt_every=3")
+                            "train.ckpt_every=3", "train.keep_last=1")
     run(args + ["--set", "train.debug_kill_at_step=4"], expect_rc=-9)
     assert "resumed from step00000003: step 3, data position 6" in run(args).stdout
     records = losses(out)
     assert [m["step"] for m in records] == [1, 2, 3, 4, 4, 5, 6]
     assert [m["data/position"] for m in records] == [2, 4, 6, 8, 8, 10, 12]
     assert_same_losses(records, straight)
+    assert [p.name for p in (out / "checkpoints").glob("step*")] == ["step00000006"]   # keep_last=1
+
+
+def test_bf16_training_tracks_fp32(setup, straight, tmp_path):
+    """DeepSpeed bf16 (bf16 weights and activations, fp32 master weights in the optimizer) on CPU."""
+    out = tmp_path / "bf16"
+    run(BASE + overrides(setup, out, "train.zero_stage=1", "train.bf16=true"))
+    reference = [m["loss"] for m in losses(straight)]
+    ours = [m["loss"] for m in losses(out)]
+    assert ours != reference and all(math.isfinite(x) for x in ours)
+    assert all(abs(a - b) <= 0.03 * b for a, b in zip(ours, reference)), (ours, reference)
+    assert {v.dtype for v in exported(out).values()} == {torch.bfloat16}
 
 
 @pytest.mark.parametrize("zero", [2, 3])
@@ -169,9 +181,13 @@ def test_two_processes_with_torchrun(setup, tmp_path, zero):
 def test_cli_function_one_process_zero2(setup, tmp_path):
     code = "import typer, sys; from ivtrain.cli import train; typer.run(train)"
     run([sys.executable, "-c", code, RECIPE] + overrides(setup, tmp_path / "cli", "train.zero_stage=2",
-                                                         "train.steps=3", "train.export=false"))
+                                                         "train.steps=3", "train.export=false",
+                                                         "train.peak_tflops=0.5"))
     records = losses(tmp_path / "cli")
     assert [m["step"] for m in records] == [1, 2, 3]
+    # MFU: the FLOPs of student and teachers per second over the device peak given in the recipe
+    assert all(m["mfu"] == pytest.approx(m["tflops_per_s"] / 0.5) and 0 < m["mfu"] < 1 for m in records)
+    assert not (tmp_path / "cli" / "student.safetensors").exists()
     # a bad override fails before any work, naming the key
     proc = run([sys.executable, "-c", code, RECIPE, "--set", "optim.lrr=1"], expect_rc=2)
     assert "unknown key optim.lrr" in proc.stderr
