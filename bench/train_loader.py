@@ -4,12 +4,16 @@
    MultiScaleCrop/flip/resize/normalize + batching) with 1 worker, against raw decord sampling of the
    same mp4 files (VideoReader + get_batch of the same 16 indices, no transforms) in one process.
    overhead ratio = raw clips/s / loader clips/s per worker.
-2. Step time of the tiny stage-1 objective on CPU, split into teachers (no-grad forward of both
-   teachers + mask) and student (forward + backward + AdamW step), with the FLOP count of each.
-3. On CUDA (not here): the same split, MFU and peak memory for ViT-B and ViT-L students with
-   teachers of matching grid (run with --cuda).
+2. Step time of the stage-1 objective, split into teachers (no-grad forward of both teachers + mask)
+   and student (forward + backward + AdamW step), with the FLOP count of each: the tiny recipe on CPU,
+   and with --sizes b,l ViT-B and ViT-L students with ViT-B-shaped teachers (random weights), each in
+   its own process so that its peak memory is its own. Utilization is reported against two
+   references: the device's datasheet peak (MFU, CUDA only) and a large matmul timed in the same
+   process (bf16 on CUDA, fp32 on CPU), which is what the hardware gives this torch build.
 
-Usage: python bench/train_loader.py [--clips N] [--cuda]
+Usage: python bench/train_loader.py [--clips N] [--cuda] [--sizes b,l] [--batch B] [--steps S]
+  --cuda          ViT-B and ViT-L on the GPU (default batch 8)
+  --sizes b,l     the same on CPU (default batch 1): slow, but runs the real-size path end to end
 """
 from __future__ import annotations
 
@@ -80,7 +84,33 @@ def bench_loader(clips: list[Path], work: Path, frames: int = 16, size: int = 22
     return results
 
 
-def bench_step(size: str, device: str, steps: int, work: Path) -> dict:
+def matmul_tflops(device, dtype, n: int = 4096, repeats: int = 10) -> float:
+    """What a large square matmul achieves here: the practical peak this torch build reaches."""
+    import torch
+
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    a @ b
+    sync()
+    t = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync()
+    return 2 * n**3 * repeats / (time.perf_counter() - t) / 1e12
+
+
+def peak_memory_gb(device) -> float:
+    import resource
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # Linux: KiB; the whole process
+
+
+def bench_step(size: str, device: str, steps: int, work: Path, batch: int) -> dict:
     import torch
 
     from ivtrain.config import load_recipe
@@ -90,7 +120,7 @@ def bench_step(size: str, device: str, steps: int, work: Path) -> dict:
     if size == "tiny":
         clip = save_tiny_clip_teacher(work / "clip")
         mae = save_tiny_videomae_teacher(work / "mae")
-        sets, recipe_path, batch = [], ROOT / "recipes/iv2_stage1_tiny.yaml", 8
+        sets, recipe_path = [], ROOT / "recipes/iv2_stage1_tiny.yaml"
     else:  # ViT-B / ViT-L students; teachers: CLIP ViT-B/14-shaped tower and a VideoMAE-B/14 (random weights)
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, VideoMAEConfig, VideoMAEModel
 
@@ -99,10 +129,11 @@ def bench_step(size: str, device: str, steps: int, work: Path) -> dict:
                                                        num_attention_heads=12, projection_dim=512)).save_pretrained(work / "clip")
         VideoMAEModel(VideoMAEConfig(image_size=224, patch_size=14, num_frames=16, tubelet_size=2)).save_pretrained(work / "mae")
         clip, mae = work / "clip", work / "mae"
-        sets, recipe_path, batch = [f"model.size={size}"], ROOT / "recipes/iv2_stage1_b.yaml", 8
-    recipe = load_recipe(recipe_path, sets + [f"teachers.semantic.path={clip}", f"teachers.motion.path={mae}",
-                                              "loss.align_layers=2", f"data.batch_size={batch}"])
+        sets, recipe_path = [f"model.size={size}"], ROOT / "recipes/iv2_stage1_b.yaml"
     dev = torch.device(device)
+    recipe = load_recipe(recipe_path, sets + [f"teachers.semantic.path={clip}", f"teachers.motion.path={mae}",
+                                              "loss.align_layers=2", f"data.batch_size={batch}",
+                                              f"train.device={dev.type}"])
     obj = IV2Stage1(recipe, dev)
     obj.trainable.to(dev)
     opt = torch.optim.AdamW(obj.trainable.parameters(), lr=1e-4)
@@ -112,7 +143,8 @@ def bench_step(size: str, device: str, steps: int, work: Path) -> dict:
     teacher_t, student_t = [], []
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    for i in range(steps + 2):
+    warmup = 2 if dev.type == "cuda" or size == "tiny" else 1
+    for i in range(steps + warmup):
         sync(); t0 = time.perf_counter()
         inputs = obj.prepare({"video": video})
         sync(); t1 = time.perf_counter()
@@ -120,16 +152,22 @@ def bench_step(size: str, device: str, steps: int, work: Path) -> dict:
             loss, _ = obj.trainable(**inputs)
         opt.zero_grad(); loss.backward(); opt.step()
         sync(); t2 = time.perf_counter()
-        if i >= 2:  # warm-up steps excluded
+        if i >= warmup:  # warm-up steps excluded
             teacher_t.append(t1 - t0)
             student_t.append(t2 - t1)
+    memory = peak_memory_gb(dev)
     fl = obj.flops_per_sample()
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    out = {"size": size, "device": str(dev), "batch": batch, "teachers_s": mean(teacher_t), "student_s": mean(student_t),
-           "teacher_share": mean(teacher_t) / (mean(teacher_t) + mean(student_t)),
-           "student_gflops_per_clip": fl["student"] / 1e9, "teachers_gflops_per_clip": fl["teachers"] / 1e9}
+    out = {"size": size, "device": str(dev), "batch": batch, "steps": steps, "teachers_s": mean(teacher_t),
+           "student_s": mean(student_t), "teacher_share": mean(teacher_t) / (mean(teacher_t) + mean(student_t)),
+           "student_gflops_per_clip": fl["student"] / 1e9, "teachers_gflops_per_clip": fl["teachers"] / 1e9,
+           "student_params_m": sum(p.numel() for p in obj.trainable.parameters()) / 1e6}
     total = (fl["student"] + fl["teachers"]) * batch / (mean(teacher_t) + mean(student_t))
     out["achieved_tflops"] = total / 1e12
+    out["matmul_tflops"] = matmul_tflops(dev, torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    out["fraction_of_matmul"] = out["achieved_tflops"] / out["matmul_tflops"]
+    out["peak_memory_gb"] = memory
+    out["memory_kind"] = "torch.cuda.max_memory_allocated" if dev.type == "cuda" else "process peak RSS"
     if dev.type == "cuda":
         from ivtrain.engine import PEAK_TFLOPS
 
@@ -137,27 +175,49 @@ def bench_step(size: str, device: str, steps: int, work: Path) -> dict:
         peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
         out["gpu"] = name
         out["mfu"] = total / (peak * 1e12) if peak else None
-        out["peak_memory_gb"] = torch.cuda.max_memory_allocated(dev) / 2**30
     return out
+
+
+def step_in_own_process(size: str, device: str, steps: int, batch: int) -> dict:
+    """One size per process: its peak memory is then its own, not the largest seen so far."""
+    import subprocess
+
+    args = [sys.executable, __file__, "--one-step-bench", size, "--device", device, "--steps", str(steps),
+            "--batch", str(batch)]
+    proc = subprocess.run(args, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{size} on {device} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=64)
-    parser.add_argument("--cuda", action="store_true", help="also ViT-B / ViT-L step time, MFU and memory on CUDA")
+    parser.add_argument("--cuda", action="store_true", help="ViT-B / ViT-L step time, MFU and memory on CUDA")
+    parser.add_argument("--sizes", default="", help="comma-separated student sizes (b, l) to run on CPU")
+    parser.add_argument("--batch", type=int, default=0, help="clips per step for b/l (default: 8 CUDA, 1 CPU)")
+    parser.add_argument("--steps", type=int, default=0, help="timed steps for b/l (default: 10 CUDA, 2 CPU)")
+    parser.add_argument("--one-step-bench", default="", help=argparse.SUPPRESS)   # the child process
+    parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     args = parser.parse_args()
     import torch
 
+    if args.one_step_bench:
+        torch.set_num_threads(os.cpu_count() or 1)
+        with tempfile.TemporaryDirectory() as tmp:
+            print(json.dumps(bench_step(args.one_step_bench, args.device, args.steps, Path(tmp), args.batch)))
+        return
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         clips = real_clips(work, args.clips)
         results = {"loader": bench_loader(clips, work)}
-        results["step_tiny_cpu"] = bench_step("tiny", "cpu", 10, work / "tiny")
-        if args.cuda:
-            torch.set_num_threads(os.cpu_count() or 1)
-            for size in ("b", "l"):
-                results[f"step_{size}_cuda"] = bench_step(size, "cuda", 10, work / size)
+        results["step_tiny_cpu"] = bench_step("tiny", "cpu", 10, work / "tiny", 8)
+    device = "cuda" if args.cuda else "cpu"
+    sizes = [s for s in args.sizes.split(",") if s] or (["b", "l"] if args.cuda else [])
+    for size in sizes:
+        results[f"step_{size}_{device}"] = step_in_own_process(
+            size, device, args.steps or (10 if args.cuda else 2), args.batch or (8 if args.cuda else 1))
     print(json.dumps(results, indent=2))
 
 

@@ -57,7 +57,6 @@ class TeacherConfig:
     path: str = ""                   # local directory holding the model (config + weights)
     backend: Literal["transformers", "open_clip"] = "transformers"
     layers: int = 0                  # how many last layers to tap; 0 -> loss.align_layers
-    num_frames: int = 0              # motion teacher: frames it sees (0 -> data.teacher_frames)
 
 
 @dataclass
@@ -109,6 +108,7 @@ class TrainConfig:
     resume: bool = True              # continue from the newest checkpoint in out_dir when there is one
     peak_tflops: float = 0.0         # per-device peak for MFU; 0: known CUDA devices only (no MFU on CPU)
     export: bool = True              # write student.safetensors (plain weights) at the end
+    max_nonfinite_in_a_row: int = 50  # this many NaN/inf micro batches in a row stop the run (bad teacher, diverged)
     debug_kill_at_step: int = 0      # fault injection for resume tests: SIGKILL this process after that step
 
 

@@ -174,7 +174,7 @@ class Trainer:
         torch.manual_seed(tc.seed * 1000 + self.rank + 1)
         self.step = 0
         self.data_position = 0
-        self.counters = {"skipped_samples": 0, "nonfinite_steps": 0}
+        self.counters = {"skipped_samples": 0, "nonfinite_steps": 0, "skipped_updates": 0}
         if tc.resume:
             self._resume()
         flops = self.objective.flops_per_sample()
@@ -190,10 +190,14 @@ class Trainer:
     def save(self) -> None:
         tag = self._tag(self.step)
         state = {"step": self.step, "counters": self.counters}
-        self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=state)
-        # per-rank state (data position and RNG differ by rank), written beside DeepSpeed's files
+        # per-rank state (data position and RNG differ by rank), written beside DeepSpeed's files and
+        # before them: DeepSpeed's last act is to point `latest` at the tag, so a kill at any moment
+        # leaves `latest` naming a complete checkpoint
+        (self.ckpt_dir / tag).mkdir(parents=True, exist_ok=True)
         torch.save({"data_position": self.data_position, "rng": rng_state(), "step": self.step},
                    self.ckpt_dir / tag / f"rank{self.rank:03d}_state.pt")
+        dist.barrier()
+        self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=state)
         dist.barrier()
         if self.rank == 0:
             tags = sorted(p for p in self.ckpt_dir.glob("step*") if p.is_dir())
@@ -213,7 +217,7 @@ class Trainer:
             raise RuntimeError(f"{rank_file} missing: resume with the same number of processes as the checkpoint")
         state = torch.load(rank_file, weights_only=True)
         self.step = int(client["step"])
-        self.counters = dict(client.get("counters", self.counters))
+        self.counters = {**self.counters, **client.get("counters", {})}
         self.data_position = int(state["data_position"])
         set_rng_state(state["rng"])
         if self.rank == 0:
@@ -243,17 +247,26 @@ class Trainer:
             if batch["video"] is not None:
                 return batch
 
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        flag = torch.tensor([1.0 if torch.isfinite(loss).item() else 0.0])
+    # The collectives below run on the training device: NCCL takes no CPU tensors.
+    def _all_ranks(self, flag: bool, op) -> bool:
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
         if self.world > 1:
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        return bool(flag.item() > 0)
+            dist.all_reduce(t, op=op)
+        return bool(t.item() > 0)
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        return self._all_ranks(bool(torch.isfinite(loss).item()), dist.ReduceOp.MIN)
+
+    def _any_rank_stopping(self) -> bool:
+        # a SIGTERM reaches the ranks at different moments; all of them must leave the loop after the
+        # same step, or one would enter the checkpoint's collectives while another trains on
+        return self._all_ranks(self._stop, dist.ReduceOp.MAX)
 
     def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
         if self.world == 1:
             return values
         keys = sorted(values)
-        t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return {k: float(v) / self.world for k, v in zip(keys, t.tolist())}
 
@@ -265,7 +278,7 @@ class Trainer:
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         last = {}
         try:
-            while self.step < tc.steps and not self._stop:
+            while self.step < tc.steps and not self._any_rank_stopping():
                 last = self._train_step(batches)
                 self.step += 1
                 if self.step % tc.log_every == 0 or self.step == tc.steps:
@@ -290,7 +303,7 @@ class Trainer:
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
         samples, teacher_s, student_s, data_s = 0, 0.0, 0.0, 0.0
-        micro = 0
+        micro, nonfinite_in_a_row = 0, 0
         while micro < tc.grad_accum:
             td = time.perf_counter()
             batch = self._next_batch(batches)
@@ -302,11 +315,22 @@ class Trainer:
             loss, metrics = self.engine(**inputs)
             if not self._all_finite(loss):  # every rank drops this micro batch and draws another
                 self.counters["nonfinite_steps"] += 1
+                nonfinite_in_a_row += 1
+                if nonfinite_in_a_row >= tc.max_nonfinite_in_a_row:   # the same on every rank: the flag is reduced
+                    raise RuntimeError(f"{nonfinite_in_a_row} micro batches in a row gave a NaN/inf loss at step "
+                                       f"{self.step + 1}: the run has diverged or a teacher is broken "
+                                       f"(train.max_nonfinite_in_a_row)")
                 continue
-            if micro == tc.grad_accum - 1:  # the rate this optimizer step applies (before the schedule advances)
-                lr = self.engine.get_lr()[0]
+            nonfinite_in_a_row = 0
+            if micro == tc.grad_accum - 1:
+                # the rate this optimizer step applies (before the schedule advances), of the groups at
+                # full rate: with layer-wise decay the others run at lr * decay^k
+                lr = max(self.engine.get_lr())
             self.engine.backward(loss)
             self.engine.step()
+            if micro == tc.grad_accum - 1 and not self.engine.was_step_applied():
+                # DeepSpeed found non-finite gradients and skipped the update (and the schedule's step)
+                self.counters["skipped_updates"] += 1
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             tcend = time.perf_counter()
@@ -332,6 +356,7 @@ class Trainer:
             "memory_gb": memory_gb(self.device),
             "data/skipped_samples": self.counters["skipped_samples"],
             "nonfinite_steps": self.counters["nonfinite_steps"],
+            "skipped_updates": self.counters["skipped_updates"],
             "data/position": self.data_position,
         })
         return out

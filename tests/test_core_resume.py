@@ -80,7 +80,9 @@ def test_sigkill_during_shard_then_rerun(windowed_corpus):
     c = windowed_corpus
     pipeline.cut(c)
     seed = random.SystemRandom().randrange(1 << 30)
-    k = random.Random(seed).randint(1, 20)
+    # at most half of the 24 tars: with k up to 20 the last few tiny tars were once written, and the run
+    # recorded as finished, in the few ms between the count and the kill
+    k = random.Random(seed).randint(1, 12)
     d = c.shard_dir("all")
     count = lambda: len(list(d.glob("all-*.tar"))) if d.exists() else 0
     killed, err = _kill_when(iv_command() + ["data", "shard", "-c", "resume", "--maxcount", "1"], _env(c),

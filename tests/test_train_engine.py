@@ -95,24 +95,49 @@ def test_one_process_zero1_resumes_exactly_after_sigkill(setup, straight, tmp_pa
     assert (straight / "student.safetensors").stat().st_size > 0
 
 
-def test_sigterm_finishes_the_step_checkpoints_and_the_rerun_continues_exactly(setup, straight, tmp_path):
-    out = tmp_path / "terminated"
-    args = BASE + overrides(setup, out, "train.zero_stage=1")        # no periodic checkpoints: only at exit
+def terminate_after_two_steps(args, out: Path) -> tuple[int, str]:
+    """Start a run in its own process group and, once two steps are logged, SIGTERM the whole group, as
+    torchrun and Slurm do (the loader workers get the signal too). Returns (exit code, output)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     deadline = time.time() + 300
     metrics = out / "metrics.jsonl"
     while not (metrics.exists() and metrics.read_text().count("\n") >= 2):   # two steps done
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=300) == 0, proc.communicate()[0][-3000:]
+    os.killpg(proc.pid, signal.SIGTERM)
+    output = proc.communicate(timeout=300)[0]
+    return proc.returncode, output
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_the_rerun_continues_exactly(setup, straight, tmp_path):
+    out = tmp_path / "terminated"
+    args = BASE + overrides(setup, out, "train.zero_stage=1")        # no periodic checkpoints: only at exit
+    rc, output = terminate_after_two_steps(args, out)
+    assert rc == 0, output[-3000:]
     k = len(losses(out))
     assert 2 <= k < 6 and (out / "checkpoints" / f"step{k:08d}").is_dir()   # stopped early, checkpointed there
     assert f"resumed from step{k:08d}: step {k}" in run(args).stdout
     records = losses(out)
     assert [m["step"] for m in records] == list(range(1, 7))
     assert_same_losses(records, straight)
+
+
+def test_two_processes_stop_together_on_sigterm_and_resume(setup, tmp_path):
+    """torchrun x2 with a loader worker each: SIGTERM to the job's process group; both ranks finish the same
+    step, write one checkpoint, and the rerun continues from it to the end."""
+    out = tmp_path / "two_terminated"
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29523",
+            "-m", "ivtrain.train", RECIPE] + overrides(setup, out, "train.zero_stage=1", "train.steps=8")
+    terminate_after_two_steps(args, out)   # torchrun itself reports the signal with a non-zero exit
+    k = len(losses(out))
+    tags = sorted(p.name for p in (out / "checkpoints").glob("step*"))
+    assert 2 <= k < 8 and tags == [f"step{k:08d}"], (k, tags)
+    ckpt = out / "checkpoints" / tags[0]
+    assert (ckpt / "rank000_state.pt").exists() and (ckpt / "rank001_state.pt").exists()
+    assert f"resumed from step{k:08d}: step {k}" in run(args).stdout
+    assert [m["step"] for m in losses(out)] == list(range(1, 9))
 
 
 def exported(run_dir):
@@ -193,41 +218,47 @@ def test_cli_function_one_process_zero2(setup, tmp_path):
     assert "unknown key optim.lrr" in proc.stderr
 
 
-def test_nonfinite_steps_are_skipped_and_counted(setup, tmp_path, monkeypatch):
-    """In-process: poison two micro batches with NaN; the engine drops them, counts them, and trains on."""
-    import torch
+def test_nonfinite_micro_batches_are_skipped_and_counted_and_a_diverged_run_stops(setup, tmp_path, monkeypatch):
+    """In-process (one Trainer: DeepSpeed keeps its process groups for the life of a process).
+    Phase 1: two micro batches poisoned with NaN are dropped, counted, and training goes on.
+    Phase 2: from then on every loss is NaN (a broken teacher, a diverged run): the run stops after
+    train.max_nonfinite_in_a_row of them with a clear error instead of drawing batches for ever."""
     import torch.distributed as dist
 
     from ivtrain.config import load_recipe
     from ivtrain.engine import Trainer, _free_port
 
     torch.set_num_threads(1)
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.setenv("WORLD_SIZE", "1")
-    monkeypatch.setenv("LOCAL_RANK", "0")
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
-    sets = overrides(setup, tmp_path / "nan", "train.steps=3", "train.export=false", "data.num_workers=0")
-    recipe = load_recipe(ROOT / RECIPE, sets[1::2])
-    trainer = Trainer(recipe)
+    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1"),
+                       ("MASTER_PORT", str(_free_port()))):
+        monkeypatch.setenv(key, value)
+    sets = overrides(setup, tmp_path / "nan", "train.steps=3", "train.export=false", "data.num_workers=0",
+                     "train.max_nonfinite_in_a_row=4")
+    trainer = Trainer(load_recipe(ROOT / RECIPE, sets[1::2]))
+    prepare, calls, poison = trainer.objective.prepare, [], {2, 3}
+
+    def poisoned(batch):
+        inputs = prepare(batch)
+        calls.append(1)
+        if len(calls) in poison:
+            inputs["video"] = inputs["video"] * float("nan")
+        return inputs
+
+    trainer.objective.prepare = poisoned
     try:
-        prepare, calls = trainer.objective.prepare, []
-
-        def poisoned(batch):
-            inputs = prepare(batch)
-            calls.append(1)
-            if len(calls) in (2, 3):
-                inputs["video"] = inputs["video"] * float("nan")
-            return inputs
-
-        trainer.objective.prepare = poisoned
         last = trainer.train()
+        assert last["nonfinite_steps"] == 2 and len(calls) == 5 and trainer.step == 3
+        assert math.isfinite(last["loss"]) and last["skipped_updates"] == 0
+        assert all(torch.isfinite(p).all() for p in trainer.engine.module.parameters())
+        assert last["data/position"] == 5  # the dropped batches were consumed, not replayed
+
+        trainer.recipe.train.steps = 10
+        poison.update(range(6, 100))
+        with pytest.raises(RuntimeError, match="4 micro batches in a row gave a NaN/inf loss at step 4"):
+            trainer.train()
+        assert len(calls) == 9 and trainer.step == 3 and trainer.counters["nonfinite_steps"] == 6
     finally:
         dist.destroy_process_group()
-    assert last["nonfinite_steps"] == 2 and len(calls) == 5 and trainer.step == 3
-    assert math.isfinite(last["loss"])
-    assert all(torch.isfinite(p).all() for p in trainer.engine.module.parameters())
-    assert last["data/position"] == 5  # the dropped batches were consumed, not replayed
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ their batch and counted (`skipped`).
 from __future__ import annotations
 
 import json
+import signal
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,13 +174,23 @@ def _keep_lists(batch):
     return batch  # batches are built in the workers; the DataLoader must not collate again
 
 
+def _outlive_first_sigterm(worker_id: int) -> None:
+    # torchrun and Slurm stop a job by sending SIGTERM to its whole process group. The trainer answers by
+    # finishing its step and checkpointing, which needs these workers alive: they let the first SIGTERM
+    # pass and fall to the next one (the DataLoader's own shutdown, or the launcher's second signal).
+    def rearm(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    signal.signal(signal.SIGTERM, rearm)
+
+
 def make_loader(cfg: DataConfig, seed: int = 0, rank: int = 0, world: int = 1, start_batch: int = 0,
                 epochs: int | None = None, index: ShardIndex | None = None) -> tuple[DataLoader, ClipStream]:
     index = index or ShardIndex(resolve_shards(cfg.shards))
     stream = ClipStream(index, cfg, seed, rank, world, start_batch, epochs)
     loader = DataLoader(stream, batch_size=None, num_workers=cfg.num_workers, collate_fn=_keep_lists,
                         prefetch_factor=2 if cfg.num_workers > 0 else None,
-                        persistent_workers=False,
+                        persistent_workers=False, worker_init_fn=_outlive_first_sigterm,
                         # its own generator: starting an iterator must not draw from the global RNG,
                         # or a resumed run's masks would drift from the uninterrupted run's
                         generator=torch.Generator().manual_seed(seed))
