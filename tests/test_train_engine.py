@@ -58,6 +58,12 @@ RECIPE = "recipes/iv2_stage1_tiny.yaml"
 BASE = [sys.executable, "-m", "ivtrain.train", RECIPE]
 
 
+def torchrun(port: int) -> list[str]:
+    """BASE under torchrun with two processes (gloo); each test its own port, so none waits on another's."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+            "-m", "ivtrain.train", RECIPE]
+
+
 @pytest.fixture(scope="module")
 def straight(setup, tmp_path_factory):
     """The uninterrupted 6-step run (ZeRO 1) that interrupted runs are compared with."""
@@ -128,8 +134,7 @@ def test_two_processes_stop_together_on_sigterm_and_resume(setup, tmp_path):
     """torchrun x2 with a loader worker each: SIGTERM to the job's process group; both ranks finish the same
     step, write one checkpoint, and the rerun continues from it to the end."""
     out = tmp_path / "two_terminated"
-    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29523",
-            "-m", "ivtrain.train", RECIPE] + overrides(setup, out, "train.zero_stage=1", "train.steps=8")
+    args = torchrun(29523) + overrides(setup, out, "train.zero_stage=1", "train.steps=8")
     terminate_after_two_steps(args, out)   # torchrun itself reports the signal with a non-zero exit
     k = len(losses(out))
     tags = sorted(p.name for p in (out / "checkpoints").glob("step*"))
@@ -191,9 +196,7 @@ def test_bf16_training_tracks_fp32(setup, straight, tmp_path):
 
 @pytest.mark.parametrize("zero", [2, 3])
 def test_two_processes_with_torchrun(setup, tmp_path, zero):
-    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-            "-m", "ivtrain.train", RECIPE] + overrides(setup, tmp_path / "two", f"train.zero_stage={zero}",
-                                                        "train.steps=4")
+    args = torchrun(29517) + overrides(setup, tmp_path / "two", f"train.zero_stage={zero}", "train.steps=4")
     run(args)
     records = losses(tmp_path / "two")
     assert [m["step"] for m in records] == [1, 2, 3, 4]
@@ -264,15 +267,13 @@ def test_nonfinite_micro_batches_are_skipped_and_counted_and_a_diverged_run_stop
 @pytest.mark.slow
 def test_two_processes_zero1_resume_exactly_after_sigkill(setup, tmp_path):
     """Two ranks, ZeRO 1: per-rank data positions and RNG states come back after a kill."""
-    def torchrun(out, *extra):
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519",
-                "-m", "ivtrain.train", RECIPE] + overrides(setup, out, "train.zero_stage=1", "train.ckpt_every=2",
-                                                           *extra)
-    run(torchrun(tmp_path / "straight"))
-    proc = subprocess.run(torchrun(tmp_path / "resumed", "train.debug_kill_at_step=3"), cwd=ROOT, capture_output=True,
+    def two_ranks(out, *extra):
+        return torchrun(29519) + overrides(setup, out, "train.zero_stage=1", "train.ckpt_every=2", *extra)
+    run(two_ranks(tmp_path / "straight"))
+    proc = subprocess.run(two_ranks(tmp_path / "resumed", "train.debug_kill_at_step=3"), cwd=ROOT, capture_output=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}, timeout=600)
     assert proc.returncode != 0  # a rank was killed
-    run(torchrun(tmp_path / "resumed"))
+    run(two_ranks(tmp_path / "resumed"))
     straight = {m["step"]: m["loss"] for m in losses(tmp_path / "straight")}
     resumed = losses(tmp_path / "resumed")
     assert [m["step"] for m in resumed][-4:] == [3, 4, 5, 6]
