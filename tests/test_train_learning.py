@@ -21,5 +21,8 @@ def test_stage1_training_beats_random_init_on_a_motion_probe(tmp_path):
     # the teacher must know the task, else the check says nothing about distillation
     assert result["teacher"]["finetune"]["eval_accuracy"] > 0.9, result["teacher"]
     assert result["student"]["last"]["loss/motion"] < result["student"]["first"]["loss/motion"]
-    # recorded: 0.47 vs 0.38 (bench/RESULTS.md); chance is 0.25, one eval clip is 0.008
-    assert result["margin"] > 0.05, result
+    # The run is deterministic (clip bytes included); this set-up gives 0.432 vs 0.385, +0.047 (bench/RESULTS.md).
+    # The margin is small and moves with the data: one re-encoded clip differing by a few pixel levels gave
+    # +0.013 to +0.15 before the cut was made deterministic. Asked: the trained encoder reads better, on the
+    # average of the probe seeds by more than 2.5 eval clips (one clip is 0.008; chance is 0.25).
+    assert result["margin"] > 0.02, result
