@@ -45,6 +45,9 @@ def test_probe_cli_on_a_random_encoder(labeled, tmp_path):
     assert got["classes"] == ["down", "left", "right", "up"] and got["num_train"] == 8 and got["num_eval"] == 8
     assert got["train_accuracy"] >= 0.75  # the probe can fit its training set
     assert 0.0 <= got["eval_accuracy"] <= 1.0
+    conf = got["eval_confusion"]  # [true][predicted]: each row counts that class's eval clips
+    assert [sum(row) for row in conf] == [2, 2, 2, 2]
+    assert sum(conf[i][i] for i in range(4)) / 8 == pytest.approx(got["eval_accuracy"])
 
 
 def test_probe_loads_a_run_directory_strictly(labeled, tmp_path):

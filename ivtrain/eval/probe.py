@@ -28,6 +28,7 @@ class ProbeResult:
     classes: list
     num_train: int
     num_eval: int
+    eval_confusion: list[list[int]]  # [true class][predicted class], both in `classes` order
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
@@ -99,6 +100,13 @@ def accuracy(probe: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((probe(x).argmax(-1) == y).float().mean())
 
 
+@torch.no_grad()
+def confusion(probe: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> list[list[int]]:
+    pred = probe(x).argmax(-1)
+    counts = torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes).tolist()
+
+
 def run_probe(train_shards: str, eval_shards: str, run_dir: str | Path | None = None,
               recipe: Recipe | None = None, random_init: bool = False, epochs: int = 100, lr: float = 1e-3,
               seed: int = 0) -> ProbeResult:
@@ -114,7 +122,7 @@ def run_probe(train_shards: str, eval_shards: str, run_dir: str | Path | None = 
     eval_y = torch.tensor([lookup[lb] for lb in eval_labels])
     probe = train_probe(train_x, train_y, len(classes), epochs, lr, seed)
     return ProbeResult(accuracy(probe, train_x, train_y), accuracy(probe, eval_x, eval_y), classes,
-                       len(train_y), len(eval_y))
+                       len(train_y), len(eval_y), confusion(probe, eval_x, eval_y, len(classes)))
 
 
 def probe_from_recipe(recipe_path: str | Path, overrides: list[str]) -> Recipe:
