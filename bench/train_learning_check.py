@@ -68,7 +68,7 @@ STUDENT_OVERRIDES = ["mask.ratio=0.5", "optim.lr=2e-3", "optim.min_lr=2e-4", "op
 
 
 def learning_check(work: Path, train_per_class: int = 64, eval_per_class: int = 32, distill_per_class: int = 512,
-                   teacher_steps: int = 1500, finetune_steps: int = 1000, student_steps: int = 5000,
+                   teacher_steps: int = 1500, finetune_steps: int = 2000, student_steps: int = 5000,
                    student_batch: int = 16, probe_seeds: int = 3, probe_epochs: int = 60, data_seed: int = 0) -> dict:
     import torch
 
