@@ -60,7 +60,7 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = 8) -> None:
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         # one encoder thread: libx264 with threads wrote different bytes for the same frames from run to run
-        # (14 of 256 of these clips); with one, 3 of 256 still differ (PyAV 18's libx264; gone with
+        # (14 of 256 of these clips); with one, 3-4 of 256 still differ (PyAV 18's libx264; gone with
         # no-asm or without mb-tree, but those change speed or size). The learning check's margin does not
         # hang on it any more (bench/RESULTS.md).
         stream.options = {"crf": "18", "preset": "veryfast", "threads": "1"}

@@ -121,8 +121,10 @@ def run_probe(train_shards: str, eval_shards: str, run_dir: str | Path | None = 
     train_y = torch.tensor([lookup[lb] for lb in train_labels])
     eval_y = torch.tensor([lookup[lb] for lb in eval_labels])
     probe = train_probe(train_x, train_y, len(classes), epochs, lr, seed)
-    return ProbeResult(accuracy(probe, train_x, train_y), accuracy(probe, eval_x, eval_y), classes,
-                       len(train_y), len(eval_y), confusion(probe, eval_x, eval_y, len(classes)))
+    eval_confusion = confusion(probe, eval_x, eval_y, len(classes))
+    eval_accuracy = sum(eval_confusion[i][i] for i in range(len(classes))) / len(eval_y)
+    return ProbeResult(accuracy(probe, train_x, train_y), eval_accuracy, classes, len(train_y), len(eval_y),
+                       eval_confusion)
 
 
 def probe_from_recipe(recipe_path: str | Path, overrides: list[str]) -> Recipe:
