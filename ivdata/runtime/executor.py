@@ -73,12 +73,18 @@ def map_unordered(fn: Callable, items: Iterable[Any], workers: int = 0, backend:
         return
     limit = max_in_flight or workers * 4
     queue = list(reversed(items))
+
+    def submit_next(pool: ProcessPoolExecutor, pending: dict) -> None:
+        # taken off the queue only once submitted: a broken pool raises in submit, and the item must
+        # stay queued for the rebuilt pool, not vanish
+        fut = pool.submit(_call, fn, queue[-1])
+        pending[fut] = queue.pop()
+
     while queue:
         pool, pending = _pool(workers), {}
         try:
             while queue and len(pending) < limit:
-                x = queue.pop()
-                pending[pool.submit(_call, fn, x)] = x
+                submit_next(pool, pending)
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
@@ -86,8 +92,7 @@ def map_unordered(fn: Callable, items: Iterable[Any], workers: int = 0, backend:
                     x = pending.pop(fut)
                     yield x, res if ok else WorkFailed(res)
                     if queue:
-                        y = queue.pop()
-                        pending[pool.submit(_call, fn, y)] = y
+                        submit_next(pool, pending)
         except BrokenProcessPool:
             # A worker died (a decoder segfault on a corrupt file, the OOM killer): we cannot tell which
             # in-flight item did it, so each one reruns alone and only the culprit is recorded as failed.
