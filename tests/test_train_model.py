@@ -113,3 +113,30 @@ def test_param_groups_layer_decay_and_schedule():
     assert lr_factor(0, 100, cfg) == 0.1 and lr_factor(9, 100, cfg) == 1.0
     assert lr_factor(100, 100, cfg) == pytest.approx(1e-2)                      # min_lr / lr at the end
     assert lr_factor(55, 100, cfg) == pytest.approx(0.01 + 0.99 * 0.5)          # half-way down the cosine
+
+
+def test_flash_path_hands_the_kernel_bf16_in_its_layout_and_matches_sdpa(monkeypatch):
+    """The flash branch without CUDA: a stand-in kernel with flash_attn_func's contract ((B, N, H, D),
+    fp16/bf16 only, softmax scale 1/sqrt(D)) checks what the model hands it, so a layout or dtype slip in
+    the wrapper fails here and not first on a GPU. The real kernel is compared in the CUDA test above."""
+    import ivtrain.models.attention as attention_module
+
+    calls = []
+
+    def kernel(q, k, v, dropout_p, causal):
+        assert q.dtype in (torch.float16, torch.bfloat16) and q.shape == k.shape == v.shape
+        assert dropout_p == 0.0 and causal is False
+        calls.append(tuple(q.shape))
+        return reference_attention(q.float(), k.float(), v.float()).to(q.dtype)
+
+    monkeypatch.setattr(attention_module, "flash_attn_func", lambda: kernel)
+    m = tiny().eval()
+    video = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        ref = m(video).tokens
+        m.set_backend("flash")
+        out = m(video).tokens
+    assert out.dtype == torch.float32
+    assert calls and all(shape == (2, 65, m.blocks[0].attn.num_heads, 64 // m.blocks[0].attn.num_heads)
+                         for shape in calls)
+    torch.testing.assert_close(out, ref, atol=3e-2, rtol=3e-2)

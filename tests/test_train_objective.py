@@ -108,3 +108,27 @@ def test_teachers_convert_the_loader_normalization_to_their_own(tmp_path):
     m, s = (torch.tensor(v).view(1, 3, 1, 1, 1) for v in imagenet)
     cm, cs = (torch.tensor(v).view(1, 3, 1, 1, 1) for v in (clip_mean, clip_std))
     assert torch.allclose(teacher.input_norm((raw - m) / s), (raw - cm) / cs, atol=1e-6)
+
+
+def test_bf16_teachers_give_fp32_targets_close_to_the_fp32_teachers(teachers):
+    """teachers.dtype=bf16 (what `auto` picks on CUDA) on CPU: weights cast to bf16, inputs cast on the way
+    in, targets handed to the fp32 loss as fp32, and close to what the fp32 teachers give."""
+    fp32 = IV2Stage1(recipe(teachers, "teachers.dtype=fp32"), torch.device("cpu"))
+    bf16 = IV2Stage1(recipe(teachers, "teachers.dtype=bf16"), torch.device("cpu"))
+    assert {p.dtype for p in bf16.semantic.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in bf16.motion.parameters()} == {torch.bfloat16}
+    torch.manual_seed(0)
+    video = torch.randn(2, 3, 8, 32, 32)
+    frames = video[:, :, ::2]
+    ref, low = fp32.semantic(frames), bf16.semantic(frames)
+    for a, b in ((ref.layers, low.layers), (ref.pooled, low.pooled), (ref.cls_attention, low.cls_attention)):
+        assert b.dtype == torch.float32
+        assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.99
+    m_ref, m_low = fp32.motion(video), bf16.motion(video)
+    assert m_low.dtype == torch.float32 and not torch.equal(m_ref, m_low)   # it did run in bf16
+    assert torch.nn.functional.cosine_similarity(m_ref.flatten(), m_low.flatten(), dim=0) > 0.99
+    # and the student trains on them: one step of the objective in fp32 is finite
+    inputs = bf16.prepare({"video": video})
+    loss, _ = bf16.trainable(**inputs)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
