@@ -175,9 +175,10 @@ def cut_reencode(src: str, out: Path, start: float, end: float, short_side: int 
             # cut stage runs clips in parallel workers, so the cores stay busy. One thread leaves a residue
             # (about 1 % of tiny 64 px clips still differ; none of bigbuckbunny's); x264_params="no-mbtree=1"
             # removes it, at 25 % more bytes on bigbuckbunny, so it is the caller's choice, not the default.
-            vout.options = {"crf": str(crf), "preset": preset, "threads": "1"}
+            options = {"crf": str(crf), "preset": preset, "threads": "1"}
             if x264_params:
-                vout.options = {**vout.options, "x264-params": x264_params}
+                options["x264-params"] = x264_params
+            vout.options = options
             vout.codec_context.time_base = 1 / out_rate
             ain = inp.streams.audio[0] if (audio and inp.streams.audio) else None
             aout = None
