@@ -33,8 +33,8 @@ class CutConfig:
     crf: int = 23
     preset: str = "veryfast"
     flac: bool = True            # also store 16 kHz mono audio for ASR / audio models
-    # libx264 settings as ffmpeg's -x264-params takes them ("key=value:key=value"). "no-mbtree=1" makes a
-    # re-run give the same bytes for every clip (see ivdata/media/cut.py), at some 25 % more bytes.
+    # libx264 settings as ffmpeg's -x264-params takes them ("key=value:key=value"). "no-mbtree=1" made a
+    # re-run give the same bytes (every clip measured did; see ivdata/media/cut.py), at some 25 % more bytes.
     x264_params: str | None = None
 
     def __post_init__(self):
