@@ -33,9 +33,13 @@ def train(recipe: Path = typer.Argument(..., exists=True, dir_okay=False,
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
                "-m", "ivtrain.train", str(recipe)] + [a for s in set for a in ("--set", s)]
         raise typer.Exit(subprocess.run(cmd).returncode)
-    from ivtrain.engine import train as run
+    from ivtrain.engine import ResumeError, train as run
 
-    run(r)
+    try:
+        run(r)
+    except ResumeError as e:
+        typer.echo(f"resume error: {e}", err=True)
+        raise typer.Exit(2)
 
 
 def probe(train_shards: str = typer.Argument(..., help="labeled shards to fit the probe (.wids.json, .txt, dir)"),

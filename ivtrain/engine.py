@@ -132,6 +132,15 @@ class MetricsSink:
                 self.writer.close()
 
 
+class ResumeError(RuntimeError):
+    """The checkpoint in out_dir cannot be continued exactly by this run (other world size or data order)."""
+
+
+def plan_differences(saved: dict, current: dict) -> list[str]:
+    return [f"{k}: checkpoint {saved.get(k)!r}, this run {current.get(k)!r}"
+            for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+
+
 class Trainer:
     def __init__(self, recipe: Recipe):
         import deepspeed
@@ -175,6 +184,8 @@ class Trainer:
         self.step = 0
         self.data_position = 0
         self.counters = {"skipped_samples": 0, "nonfinite_steps": 0, "skipped_updates": 0}
+        self.data_plan: dict = {}
+        self.checkpoint_plan: dict | None = None   # the data plan of the checkpoint resumed from
         if tc.resume:
             self._resume()
         flops = self.objective.flops_per_sample()
@@ -194,7 +205,8 @@ class Trainer:
         # before them: DeepSpeed's last act is to point `latest` at the tag, so a kill at any moment
         # leaves `latest` naming a complete checkpoint
         (self.ckpt_dir / tag).mkdir(parents=True, exist_ok=True)
-        torch.save({"data_position": self.data_position, "rng": rng_state(), "step": self.step},
+        torch.save({"data_position": self.data_position, "rng": rng_state(), "step": self.step,
+                    "data_plan": self.data_plan},
                    self.ckpt_dir / tag / f"rank{self.rank:03d}_state.pt")
         dist.barrier()
         self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=state)
@@ -208,14 +220,21 @@ class Trainer:
     def _resume(self) -> None:
         if not (self.ckpt_dir / "latest").exists():
             return
+        tag = (self.ckpt_dir / "latest").read_text().strip()
+        written_by = len(list((self.ckpt_dir / tag).glob("rank*_state.pt")))
+        rank_file = self.ckpt_dir / tag / f"rank{self.rank:03d}_state.pt"
+        # checked before DeepSpeed loads anything: each rank's data order and ZeRO partition belong to
+        # the world size that wrote them, so another world size cannot continue the run exactly
+        if written_by != self.world:
+            raise ResumeError(f"{self.ckpt_dir / tag} was written by {written_by} process(es); this run has "
+                              f"{self.world}. Resume with {written_by}, or start a new train.out_dir")
+        if not rank_file.exists():
+            raise ResumeError(f"{rank_file} missing: the checkpoint {self.ckpt_dir / tag} is incomplete")
         path, client = self.engine.load_checkpoint(str(self.ckpt_dir))
         if path is None:
-            raise RuntimeError(f"could not load the checkpoint named in {self.ckpt_dir / 'latest'}")
-        tag = (self.ckpt_dir / "latest").read_text().strip()
-        rank_file = self.ckpt_dir / tag / f"rank{self.rank:03d}_state.pt"
-        if not rank_file.exists():
-            raise RuntimeError(f"{rank_file} missing: resume with the same number of processes as the checkpoint")
+            raise ResumeError(f"could not load the checkpoint named in {self.ckpt_dir / 'latest'}")
         state = torch.load(rank_file, weights_only=True)
+        self.checkpoint_plan = state.get("data_plan")
         self.step = int(client["step"])
         self.counters = {**self.counters, **client.get("counters", {})}
         self.data_position = int(state["data_position"])
@@ -272,8 +291,10 @@ class Trainer:
 
     def train(self) -> dict:
         tc, recipe = self.recipe.train, self.recipe
-        loader, _ = make_loader(recipe.data, seed=tc.seed, rank=self.rank, world=self.world,
-                                start_batch=self.data_position)
+        loader, stream = make_loader(recipe.data, seed=tc.seed, rank=self.rank, world=self.world,
+                                     start_batch=self.data_position)
+        self.data_plan = stream.plan()
+        self._check_data_plan()
         batches = iter(loader)
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         last = {}
@@ -294,6 +315,23 @@ class Trainer:
             signal.signal(signal.SIGTERM, previous)
             self.sink.close()
         return last
+
+    def _check_data_plan(self) -> None:
+        """A resumed run sees the checkpoint's clips in the checkpoint's order only if the loader's plan is
+        the same; anything else would silently repeat some clips and never show others this epoch."""
+        if not self.checkpoint_plan:
+            return
+        differences = plan_differences(self.checkpoint_plan, self.data_plan)
+        if not differences:
+            return
+        if not self.recipe.train.allow_data_change:
+            raise ResumeError("the data order differs from the checkpoint's, so this run would not continue it "
+                              "exactly:\n  " + "\n  ".join(differences) +
+                              "\nRestore those settings, or set train.allow_data_change=true to go on at batch "
+                              f"{self.data_position} of the new order")
+        if self.rank == 0:
+            print("warning: train.allow_data_change: going on at batch "
+                  f"{self.data_position} of a new data order (" + "; ".join(differences) + ")", flush=True)
 
     def _on_sigterm(self, signum, frame):  # finish the current step, checkpoint, exit
         self._stop = True

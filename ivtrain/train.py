@@ -5,6 +5,7 @@ Works under plain python (one process), torchrun and the deepspeed launcher.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ivtrain.config import ConfigError, load_recipe
@@ -22,9 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"recipe error: {e}", file=sys.stderr)
         return 2
-    from ivtrain.engine import train
+    from ivtrain.engine import ResumeError, train
 
-    train(recipe)
+    try:
+        train(recipe)
+    except ResumeError as e:
+        if os.environ.get("RANK", "0") == "0":  # every rank stops for the same reason; one says it
+            print(f"resume error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -204,6 +204,30 @@ def test_two_processes_with_torchrun(setup, tmp_path, zero):
     ckpt = tmp_path / "two" / "checkpoints" / "step00000004"
     assert (ckpt / "rank000_state.pt").exists() and (ckpt / "rank001_state.pt").exists()
     assert len(list(ckpt.glob("zero_pp_rank_*_optim_states.pt"))) == 2  # optimizer state partitioned over 2 ranks
+    if zero == 2:  # one process cannot continue what two wrote: refused before DeepSpeed loads anything
+        proc = run(BASE + overrides(setup, tmp_path / "two", f"train.zero_stage={zero}", "train.steps=6"),
+                   expect_rc=2)
+        assert "was written by 2 process(es); this run has 1" in proc.stderr
+        assert len(losses(tmp_path / "two")) == 4
+
+
+def test_resume_refuses_a_changed_data_order_unless_allowed(setup, straight, tmp_path):
+    """The data position is a batch number: under another batch size (or seed, or shard set) it names other
+    clips, so a resume that changes them is refused, with what changed, unless train.allow_data_change."""
+    import shutil
+
+    out = tmp_path / "changed"
+    shutil.copytree(straight, out)
+    args = BASE + overrides(setup, out, "train.zero_stage=1", "train.steps=8", "data.batch_size=3")
+    proc = run(args, expect_rc=2)
+    assert "resume error: the data order differs" in proc.stderr
+    assert "batch_size: checkpoint 2, this run 3" in proc.stderr and "seed: checkpoint" not in proc.stderr
+    assert [m["step"] for m in losses(out)] == [1, 2, 3, 4, 5, 6]  # nothing trained, nothing logged
+    proc = run(args + ["--set", "train.allow_data_change=true"])
+    assert "warning: train.allow_data_change: going on at batch 6" in proc.stdout
+    records = losses(out)
+    assert [m["step"] for m in records] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert records[-1]["data/position"] == 8
 
 
 def test_cli_function_one_process_zero2(setup, tmp_path):

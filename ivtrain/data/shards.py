@@ -14,6 +14,7 @@ their batch and counted (`skipped`).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import tarfile
@@ -124,6 +125,14 @@ class ClipStream(IterableDataset):
         if self.batches_per_epoch == 0:
             raise ValueError(f"{len(index)} samples cannot fill one batch of {cfg.batch_size} on each of "
                              f"{world} rank(s)")
+
+    def plan(self) -> dict:
+        """Everything that decides which clips batch n holds on this rank. A resumed run continues exactly
+        only if its plan equals the checkpoint's (the engine checks)."""
+        names = "\n".join(s.name for s in self.index.shards).encode()
+        return {"world": self.world, "batch_size": self.cfg.batch_size, "seed": self.seed,
+                "shuffle": self.cfg.shuffle, "samples": len(self.index), "shards": len(self.index.shards),
+                "shard_names_sha256": hashlib.sha256(names).hexdigest()[:16]}
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         ids = np.arange(len(self.index))
