@@ -72,3 +72,35 @@ def test_probe_reports_rotation(tmp_path):
                 o.mux(p)
     assert probe(str(src)).rotation == 0
     assert abs(probe(str(out)).rotation) == 90
+
+
+def write_vfr_video(path, cut_frame: int = 60):
+    """80 frames: 40 at 40 ms spacing, then 40 at 100 ms; the picture changes at frame `cut_frame`.
+    Returns the cut's true time (3.6 s), which frame index / average fps would misplace."""
+    rng = np.random.default_rng(0)
+    scenes = [rng.integers(0, 80, (144, 256, 3), dtype=np.uint8), rng.integers(170, 255, (144, 256, 3), dtype=np.uint8)]
+    times_ms = [40 * i for i in range(40)] + [1600 + 100 * i for i in range(40)]
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 256, 144, "yuv420p"
+        stream.codec_context.time_base = stream.time_base = __import__("fractions").Fraction(1, 1000)
+        for i, t in enumerate(times_ms):
+            frame = av.VideoFrame.from_ndarray(scenes[int(i >= cut_frame)], format="rgb24")
+            frame.pts, frame.time_base = t, stream.codec_context.time_base
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return times_ms[cut_frame] / 1000
+
+
+def test_both_detectors_place_cuts_by_frame_timestamps_on_variable_frame_rate_video(tmp_path):
+    path = tmp_path / "vfr.mp4"
+    cut_s = write_vfr_video(path)
+    weights = tmp_path / "detector.pt"
+    torch.jit.script(FrameDifferenceNet().eval()).save(str(weights))
+    for det in (make_detector("pyscenedetect"), make_detector("learned", weights=str(weights))):
+        shots = det.detect(str(path))
+        assert len(shots) == 2, (det, shots)
+        assert shots[0] == (0.0, pytest.approx(cut_s, abs=1e-3)) and shots[1][0] == pytest.approx(cut_s, abs=1e-3)
+        assert shots[1][1] == pytest.approx(5.5 + 1 / 25, abs=0.05)  # last frame's time + one nominal frame

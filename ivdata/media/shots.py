@@ -8,7 +8,7 @@
 """
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Callable, Iterator, Protocol
 
 import av
 import numpy as np
@@ -18,51 +18,61 @@ class ShotDetector(Protocol):
     def detect(self, path: str) -> list[tuple[float, float]]: ...
 
 
-def _whole(path: str) -> list[tuple[float, float]]:
-    from ivdata.media.probe import probe
-    return [(0.0, probe(path).duration_s)]
+def decoded_frames(path: str, size: Callable[[int, int], tuple[int, int]], fmt: str
+                   ) -> Iterator[tuple[float, float, np.ndarray]]:
+    """(fps, time_s, frame) for every frame, decoded in PyAV's threads and scaled in swscale (one reused
+    reformatter) to size(width, height). Times are the frames' own timestamps, not index / fps, so cut
+    times stay right on variable-frame-rate sources."""
+    from av.video.reformatter import VideoReformatter
+    with av.open(path) as c:
+        vs = c.streams.video[0]
+        vs.thread_type = "AUTO"
+        fps = float(vs.average_rate or vs.guessed_rate or 25)
+        w, h = size(vs.codec_context.width, vs.codec_context.height)
+        scaler = VideoReformatter()
+        for n, frame in enumerate(c.decode(vs)):
+            img = scaler.reformat(frame, width=w, height=h, format=fmt, interpolation="AREA").to_ndarray()
+            yield fps, (frame.time if frame.time is not None else n / fps), img
+
+
+def shots_from_cuts(cuts: list[int], times: list[float], fps: float) -> list[tuple[float, float]]:
+    """Frame numbers where a new shot starts -> (start_s, end_s) spans from the first frame's time."""
+    bounds = sorted({c for c in cuts if 0 < c < len(times)})
+    t0 = times[0]
+    end_time = lambda i: (times[i] if i < len(times) else times[-1] + 1.0 / fps) - t0  # noqa: E731
+    return [(times[a] - t0, end_time(b)) for a, b in zip([0] + bounds, bounds + [len(times)])]
 
 
 class PySceneDetectDetector:
-    """PySceneDetect's detectors fed by our own decode loop: threaded PyAV decoding scaled to at most
-    `width` px in swscale (one reused reformatter) runs several times faster than the library's own
-    full-resolution path, and frame timestamps (not index / fps) keep cut times right on VFR sources."""
+    """PySceneDetect's detectors fed by our own decode loop (decoded_frames, at most `width` px wide):
+    several times faster than the library's own full-resolution path."""
 
     def __init__(self, threshold: float = 27.0, min_scene_len: int = 15, adaptive: bool = False, width: int = 256):
         self.threshold, self.min_scene_len, self.adaptive, self.width = threshold, min_scene_len, adaptive, width
 
+    def scaled(self, w0: int, h0: int) -> tuple[int, int]:
+        w = min(self.width, w0)
+        return w, max(2, round(h0 * w / w0 / 2) * 2)
+
     def detect(self, path: str) -> list[tuple[float, float]]:
-        from av.video.reformatter import VideoReformatter
         from scenedetect import AdaptiveDetector, ContentDetector, FrameTimecode
         det = (AdaptiveDetector(min_scene_len=self.min_scene_len) if self.adaptive
                else ContentDetector(threshold=self.threshold, min_scene_len=self.min_scene_len))
         times: list[float] = []
         cuts: list = []
-        with av.open(path) as c:
-            vs = c.streams.video[0]
-            vs.thread_type = "AUTO"
-            fps = float(vs.average_rate or vs.guessed_rate or 25)
-            w0, h0 = vs.codec_context.width, vs.codec_context.height
-            w = min(self.width, w0)
-            h = max(2, round(h0 * w / w0 / 2) * 2)
-            scaler = VideoReformatter()
-            for n, frame in enumerate(c.decode(vs)):
-                img = scaler.reformat(frame, width=w, height=h, format="bgr24", interpolation="AREA").to_ndarray()
-                times.append(frame.time if frame.time is not None else n / fps)
-                cuts += det.process_frame(FrameTimecode(n, fps), img)
-            if not times:
-                return []
-            cuts += det.post_process(FrameTimecode(len(times), fps))
-        t0 = times[0]
-        bounds = sorted({int(cut.frame_num) for cut in cuts if 0 < int(cut.frame_num) < len(times)})
-        starts = [0] + bounds
-        ends = bounds + [len(times)]
-        end_time = lambda i: (times[i] if i < len(times) else times[-1] + 1.0 / fps) - t0
-        return [(times[a] - t0, end_time(b)) for a, b in zip(starts, ends)]
+        fps = 25.0
+        for n, (fps, t, img) in enumerate(decoded_frames(path, self.scaled, "bgr24")):
+            times.append(t)
+            cuts += det.process_frame(FrameTimecode(n, fps), img)
+        if not times:
+            return []
+        cuts += det.post_process(FrameTimecode(len(times), fps))
+        return shots_from_cuts([int(cut.frame_num) for cut in cuts], times, fps)
 
 
 class LearnedShotDetector:
     WINDOW, CONTEXT = 100, 25
+    SIZE = (48, 27)  # TransNetV2's input frames, width x height
 
     def __init__(self, weights: str, threshold: float = 0.5, device: str = "cpu"):
         import torch
@@ -89,19 +99,13 @@ class LearnedShotDetector:
         return np.concatenate(out)[:n]
 
     def detect(self, path: str) -> list[tuple[float, float]]:
-        frames, fps = decode_small_frames(path)
-        probs = self.frame_probabilities(frames)
+        decoded = list(decoded_frames(path, lambda w, h: self.SIZE, "rgb24"))
+        if not decoded:
+            return []
+        fps, times = decoded[0][0], [t for _, t, _ in decoded]
+        probs = self.frame_probabilities(np.stack([img for _, _, img in decoded]))
         cuts = [i for i in range(1, len(probs)) if probs[i] >= self.threshold and probs[i - 1] < self.threshold]
-        bounds = [0] + cuts + [len(frames)]
-        return [(a / fps, b / fps) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-
-
-def decode_small_frames(path: str, size: tuple[int, int] = (48, 27)) -> tuple[np.ndarray, float]:
-    with av.open(path) as c:
-        vs = c.streams.video[0]
-        fps = float(vs.average_rate or vs.guessed_rate or 25)
-        frames = [f.to_ndarray(width=size[0], height=size[1], format="rgb24") for f in c.decode(vs)]
-    return np.stack(frames), fps
+        return shots_from_cuts(cuts, times, fps)
 
 
 def make_detector(kind: str = "pyscenedetect", weights: str | None = None, threshold: float | None = None) -> ShotDetector:
