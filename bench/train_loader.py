@@ -1,8 +1,9 @@
 """Loader throughput vs raw decord sampling of the same files, and stage-1 step time split.
 
 1. Loader: clips/s of ivtrain's shard loader (tar index read + decord decode of 16 sparse frames +
-   MultiScaleCrop/flip/resize/normalize + batching) with 1 worker, against raw decord sampling of the
-   same mp4 files (VideoReader + get_batch of the same 16 indices, no transforms) in one process.
+   MultiScaleCrop/flip/resize + batching of uint8 clips; the consumer normalizes on its device) with
+   1 worker, against raw decord sampling of the same mp4 files (VideoReader + get_batch of the same
+   16 indices, no transforms) in one process.
    overhead ratio = raw clips/s / loader clips/s per worker.
 2. Step time of the stage-1 objective, split into teachers (no-grad forward of both teachers + mask)
    and student (forward + backward + AdamW step), with the FLOP count of each: the tiny recipe on CPU,
@@ -60,6 +61,7 @@ def bench_loader(clips: list[Path], work: Path, frames: int = 16, size: int = 22
     from ivtrain.config import DataConfig
     from ivtrain.data.sampling import sparse_uniform_indices
     from ivtrain.data.shards import make_loader
+    from ivtrain.data.transforms import normalize
 
     index = train_synthetic.write_shards(clips, work / "shards", "bench", per_shard=16)
     # raw decord: the same files, the same number of sparse frames, nothing else
@@ -77,7 +79,10 @@ def bench_loader(clips: list[Path], work: Path, frames: int = 16, size: int = 22
         batches = iter(loader)
         next(batches)  # worker start-up and the first batch are not throughput
         t = time.perf_counter()
-        n = sum(len(b["keys"]) for b in batches)
+        n = 0
+        for b in batches:  # the consumer's normalization counts: it used to run in the workers
+            normalize(b["video"], cfg.mean, cfg.std)
+            n += len(b["keys"])
         rate = n / (time.perf_counter() - t)
         results[f"loader_clips_per_s_workers{workers}"] = rate
     results["overhead_ratio_per_worker"] = raw / results["loader_clips_per_s_workers1"]
@@ -138,7 +143,9 @@ def bench_step(size: str, device: str, steps: int, work: Path, batch: int) -> di
     obj.trainable.to(dev)
     opt = torch.optim.AdamW(obj.trainable.parameters(), lr=1e-4)
     d = recipe.data
-    video = torch.randn(batch, 3, d.teacher_frames, d.image_size, d.image_size, device=dev)
+    # uint8, as the loader ships it: prepare normalizes on the device, which the teacher time includes
+    video = torch.randint(0, 256, (batch, 3, d.teacher_frames, d.image_size, d.image_size), dtype=torch.uint8,
+                          device=dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     teacher_t, student_t = [], []
     if dev.type == "cuda":

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ivtrain.config import DataConfig
+from ivtrain.data.transforms import normalize
 from ivtrain.models.teachers import save_tiny_clip_teacher, tiny_videomae_config
 
 
@@ -43,8 +44,8 @@ def train_tiny_videomae(out: Path, shards: str | None, steps: int, image_size: i
         loader, _ = make_loader(data, seed=seed)
         grid = image_size // cfg.patch_size
 
-        def masked_pixel_loss(batch):
-            video = batch["video"].transpose(1, 2)  # (B, T, 3, H, W)
+        def masked_pixel_loss(video, batch):
+            video = video.transpose(1, 2)  # (B, T, 3, H, W)
             if mask == "future":  # hide the second half of the clip: predicting it needs the motion
                 visible = torch.zeros(video.shape[0], frames // 2, grid * grid, dtype=torch.bool)
                 visible[:, : frames // 4] = True
@@ -53,7 +54,7 @@ def train_tiny_videomae(out: Path, shards: str | None, steps: int, image_size: i
                 visible = tube_mask(video.shape[0], frames // 2, grid * grid, mask_ratio)
             return model(pixel_values=video, bool_masked_pos=~visible).loss
 
-        info = fit(model, loader, masked_pixel_loss, steps, lr)
+        info = fit(model, loader, data, masked_pixel_loss, steps, lr)
     encoder = model.videomae
     if finetune_steps:
         encoder, info["finetune"] = finetune_on_labels(encoder, cfg, shards, finetune_steps, image_size, frames,
@@ -81,8 +82,8 @@ def finetune_on_labels(encoder, cfg, shards: str, steps: int, image_size: int, f
     cfg.label2id = {str(c): i for i, c in enumerate(classes)}
     model = VideoMAEForVideoClassification(cfg)
     model.videomae.load_state_dict(encoder.state_dict())
-    info = fit(model, loader, lambda batch: model(
-        pixel_values=batch["video"].transpose(1, 2),
+    info = fit(model, loader, data, lambda video, batch: model(
+        pixel_values=video.transpose(1, 2),
         labels=torch.tensor([classes.index(lb) for lb in batch["labels"]])).loss, steps, lr / 3)
     info["classes"] = classes
     if eval_shards:
@@ -101,14 +102,15 @@ def classifier_accuracy(model, classes: list, data: DataConfig) -> float:
     for batch in loader:
         if batch["video"] is None:
             continue
-        pred = model(pixel_values=batch["video"].transpose(1, 2)).logits.argmax(-1)
+        pred = model(pixel_values=normalize(batch["video"], data.mean, data.std).transpose(1, 2)).logits.argmax(-1)
         right += sum(classes[int(i)] == lb for i, lb in zip(pred, batch["labels"]))
         total += len(batch["labels"])
     return right / max(1, total)
 
 
-def fit(model, loader, loss_of, steps: int, lr: float) -> dict:
-    """AdamW with a one-cycle schedule for `steps` batches; batches with no decodable clip are skipped."""
+def fit(model, loader, data: DataConfig, loss_of, steps: int, lr: float) -> dict:
+    """AdamW with a one-cycle schedule for `steps` batches; batches with no decodable clip are skipped.
+    loss_of(normalized video, batch) -> loss."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     # warm up over 10 % of the steps, and over at least two (OneCycleLR divides by the warm-up length)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=min(0.5, max(0.1, 2 / steps)))
@@ -117,7 +119,7 @@ def fit(model, loader, loss_of, steps: int, lr: float) -> dict:
     for _, batch in zip(range(steps), loader):
         if batch["video"] is None:
             continue
-        loss = loss_of(batch)
+        loss = loss_of(normalize(batch["video"], data.mean, data.std), batch)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -78,7 +78,7 @@ def check_objective(work: Path) -> None:
         f"teachers.motion.path={save_tiny_videomae_teacher(work / 'videomae')}"])
     objective = IV2Stage1(recipe, torch.device("cpu"))
     torch.manual_seed(0)
-    inputs = objective.prepare({"video": torch.randn(2, 3, 8, 32, 32)})
+    inputs = objective.prepare({"video": torch.randint(0, 256, (2, 3, 8, 32, 32), dtype=torch.uint8)})
     optimizer = torch.optim.AdamW(objective.trainable.parameters(), lr=2e-3)
     history = []
     for _ in range(60):

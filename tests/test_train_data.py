@@ -16,7 +16,7 @@ import train_synthetic  # noqa: E402
 from ivtrain.config import DataConfig  # noqa: E402
 from ivtrain.data.sampling import decode_decord, decode_pyav, sparse_uniform_indices  # noqa: E402
 from ivtrain.data.shards import ShardIndex, make_loader, resolve_shards  # noqa: E402
-from ivtrain.data.transforms import clip_transform, multiscale_crop_box  # noqa: E402
+from ivtrain.data.transforms import clip_transform, multiscale_crop_box, normalize  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +72,16 @@ def test_multiscale_crop_and_transform():
         top, left, h, w = multiscale_crop_box(90, 160, [1, 0.875, 0.75, 0.66], 1, rng)
         assert 0 <= top and top + h <= 90 and 0 <= left and left + w <= 160
     frames = np.random.default_rng(1).integers(0, 255, (8, 90, 160, 3), dtype=np.uint8)
-    x = clip_transform(frames, 32, [0.5] * 3, [0.25] * 3, True, [1, 0.875], 1, True, rng)
-    assert x.shape == (3, 8, 32, 32) and x.dtype == torch.float32
-    centre = clip_transform(frames, 32, [0.5] * 3, [0.25] * 3, False, [1.0], 1, False, None)
+    x = clip_transform(frames, 32, True, [1, 0.875], 1, True, rng)
+    assert x.shape == (3, 8, 32, 32) and x.dtype == torch.uint8
+    centre = clip_transform(frames, 32, False, [1.0], 1, False, None)
     assert centre.shape == (3, 8, 32, 32)
+    # evaluation: the centre square of the short side, resized; uint8 until normalized on the device
+    square = torch.from_numpy(frames[:, :, 35:125]).permute(0, 3, 1, 2).float()
+    want = torch.nn.functional.interpolate(square, size=(32, 32), mode="bilinear", antialias=True)
+    assert (centre.permute(1, 0, 2, 3).float() - want).abs().max() <= 1.0
+    y = normalize(centre, [0.5] * 3, [0.25] * 3)
+    assert y.dtype == torch.float32 and torch.allclose(y, (centre.float() / 255 - 0.5) / 0.25, atol=1e-5)
 
 
 def collect(loader, n):
@@ -95,7 +101,7 @@ def test_batches_skip_and_count_corrupt_samples(shards):
     assert sum(len(b["keys"]) for b in batches) == 11
     assert "clip00005" not in [k for b in batches for k in b["keys"]]
     full = [b for b in batches if len(b["keys"]) == 2][0]
-    assert full["video"].shape == (2, 3, 8, 32, 32)
+    assert full["video"].shape == (2, 3, 8, 32, 32) and full["video"].dtype == torch.uint8
     assert all(lb in train_synthetic.DIRECTIONS for b in batches for lb in b["labels"])
 
 

@@ -7,6 +7,7 @@ torch.set_num_threads(1)
 
 from ivtrain.config import load_recipe
 from ivtrain.data.masking import attention_guided_mask, random_mask, tube_mask, visible_per_frame
+from ivtrain.data.transforms import normalize
 from ivtrain.models.teachers import save_tiny_clip_teacher, save_tiny_videomae_teacher
 from ivtrain.objectives.iv2_stage1 import IV2Stage1, cosine_distance
 
@@ -54,8 +55,16 @@ def test_cosine_distance():
 def test_teacher_targets_follow_the_mask(teachers):
     obj = IV2Stage1(recipe(teachers), torch.device("cpu"))
     torch.manual_seed(0)
-    inputs = obj.prepare({"video": torch.randn(2, 3, 8, 32, 32)})
+    clips = torch.randint(0, 256, (2, 3, 8, 32, 32), dtype=torch.uint8)   # what the loader ships
+    inputs = obj.prepare({"video": clips})
     assert inputs["video"].shape == (2, 3, 4, 32, 32)
+    # the student sees every second frame, normalized with the recipe's mean and std
+    d = obj.recipe.data
+    assert torch.equal(inputs["video"], normalize(clips, d.mean, d.std)[:, :, ::2])
+    assert inputs["video"][:, 0].mean().item() == pytest.approx((clips[:, 0, ::2].float().mean().item() / 255
+                                                                 - d.mean[0]) / d.std[0], abs=1e-4)
+    with pytest.raises(TypeError, match="uint8"):
+        obj.prepare({"video": clips.float()})
     nv = 4 * visible_per_frame(16, 0.75)
     assert inputs["semantic"].shape == (2, 2, 1 + nv, 48) and inputs["motion"].shape == (2, 2, nv, 48)
     assert inputs["pooled"].shape == (2, 32)
@@ -75,7 +84,7 @@ def test_grid_mismatch_is_refused(teachers):
 def test_each_loss_term_falls_when_overfitting_one_batch(teachers, mask):
     obj = IV2Stage1(recipe(teachers, f"mask.type={mask}"), torch.device("cpu"))
     torch.manual_seed(0)
-    batch = {"video": torch.randn(2, 3, 8, 32, 32)}
+    batch = {"video": torch.randint(0, 256, (2, 3, 8, 32, 32), dtype=torch.uint8)}
     inputs = obj.prepare(batch)  # one fixed batch and mask
     opt = torch.optim.AdamW(obj.trainable.parameters(), lr=2e-3)
     history = []
@@ -118,7 +127,8 @@ def test_bf16_teachers_give_fp32_targets_close_to_the_fp32_teachers(teachers):
     assert {p.dtype for p in bf16.semantic.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in bf16.motion.parameters()} == {torch.bfloat16}
     torch.manual_seed(0)
-    video = torch.randn(2, 3, 8, 32, 32)
+    clips = torch.randint(0, 256, (2, 3, 8, 32, 32), dtype=torch.uint8)
+    video = normalize(clips, fp32.recipe.data.mean, fp32.recipe.data.std)
     frames = video[:, :, ::2]
     ref, low = fp32.semantic(frames), bf16.semantic(frames)
     for a, b in ((ref.layers, low.layers), (ref.pooled, low.pooled), (ref.cls_attention, low.cls_attention)):
@@ -128,7 +138,7 @@ def test_bf16_teachers_give_fp32_targets_close_to_the_fp32_teachers(teachers):
     assert m_low.dtype == torch.float32 and not torch.equal(m_ref, m_low)   # it did run in bf16
     assert torch.nn.functional.cosine_similarity(m_ref.flatten(), m_low.flatten(), dim=0) > 0.99
     # and the student trains on them: one step of the objective in fp32 is finite
-    inputs = bf16.prepare({"video": video})
+    inputs = bf16.prepare({"video": clips})
     loss, _ = bf16.trainable(**inputs)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()

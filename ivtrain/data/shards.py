@@ -145,8 +145,7 @@ class ClipStream(IterableDataset):
         rng = np.random.default_rng([self.seed, epoch, sample_id]) if cfg.train else None
         data = self.index.read(sample_id, "mp4")
         frames, _ = decode_clip(data, cfg.teacher_frames, rng)
-        video = clip_transform(frames, cfg.image_size, cfg.mean, cfg.std, cfg.train, cfg.scales,
-                               cfg.max_distort, cfg.flip, rng)
+        video = clip_transform(frames, cfg.image_size, cfg.train, cfg.scales, cfg.max_distort, cfg.flip, rng)
         return video, self.index.metadata(sample_id)
 
     def make_batch(self, batch_number: int, orders: dict) -> dict:

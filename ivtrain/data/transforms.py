@@ -1,4 +1,7 @@
-"""Clip transforms on (T, H, W, 3) uint8 frames -> normalized (3, T, S, S) float tensors.
+"""Clip transforms on (T, H, W, 3) uint8 frames -> (3, T, S, S) uint8 clips, and their normalization.
+
+The loader ships uint8 clips: a quarter of the bytes of float32 through the workers' shared memory and
+the host-to-device copy. Consumers normalize after moving a batch to its device (`normalize`).
 
 MultiScaleCrop (TSN): the crop's width and height are each a scale of the short side, at most
 `max_distort` scale steps apart, placed at one of 13 fixed positions; then resized to S x S and
@@ -26,9 +29,10 @@ def multiscale_crop_box(height: int, width: int, scales: list[float], max_distor
     return int(py * hs), int(px * ws), crop_h, crop_w
 
 
-def clip_transform(frames: np.ndarray, size: int, mean: list[float], std: list[float], train: bool,
+def clip_transform(frames: np.ndarray, size: int, train: bool,
                    scales: list[float], max_distort: int, flip: bool,
                    rng: np.random.Generator | None) -> torch.Tensor:
+    """(3, T, size, size) uint8: crop, resize and flip, not yet normalized."""
     t, h, w, _ = frames.shape
     if train:
         top, left, ch, cw = multiscale_crop_box(h, w, scales, max_distort, rng)
@@ -41,7 +45,13 @@ def clip_transform(frames: np.ndarray, size: int, mean: list[float], std: list[f
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     if train and flip and rng.random() < 0.5:
         x = x.flip(-1)
-    m = torch.tensor(mean).view(3, 1, 1, 1) * 255.0
-    s = torch.tensor(std).view(3, 1, 1, 1) * 255.0
-    # reorder while still uint8 (a quarter of the bytes), then normalize in place
-    return x.permute(1, 0, 2, 3).contiguous().float().sub_(m).div_(s)  # (3, T, S, S)
+    return x.permute(1, 0, 2, 3).contiguous()  # (3, T, S, S)
+
+
+def normalize(video: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """uint8 clips (3, T, H, W) or (B, 3, T, H, W) -> float32 (x / 255 - mean) / std, on video's device."""
+    if video.dtype != torch.uint8:
+        raise TypeError(f"normalize takes the loader's uint8 clips, got {video.dtype}")
+    m = torch.tensor(mean, device=video.device).view(3, 1, 1, 1) * 255.0
+    s = torch.tensor(std, device=video.device).view(3, 1, 1, 1) * 255.0
+    return video.float().sub_(m).div_(s)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from ivkit.typed_yaml import build
 from ivtrain.config import Recipe, load_recipe
 from ivtrain.data.shards import make_loader
+from ivtrain.data.transforms import normalize
 from ivtrain.models.vit import AttentionPooling, InternVideo2
 
 
@@ -68,7 +69,7 @@ def encode_set(encoder: InternVideo2, recipe: Recipe, shards: str, batch_size: i
     for batch in loader:
         if batch["video"] is None:
             continue
-        feats.append(encoder(batch["video"]).tokens)
+        feats.append(encoder(normalize(batch["video"], data.mean, data.std)).tokens)
         labels.extend(batch["labels"])
     if any(lb is None for lb in labels):
         raise ValueError(f"{shards}: some samples carry no label (write the shards with labels included)")

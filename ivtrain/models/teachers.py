@@ -8,8 +8,8 @@
   the last-K layer features on the same (T/2, H/p, W/p) grid as the student.
 
 Teachers never get gradients, run in eval mode, and are cast to bf16 on CUDA. Each takes frames
-normalized the way the data loader normalizes them and converts them to its own normalization
-(CLIP's mean/std differ from ImageNet's) when its directory says what that is.
+normalized with the data config's mean and std (`ivtrain.data.transforms.normalize`) and converts them
+to its own normalization (CLIP's mean/std differ from ImageNet's) when its directory says what that is.
 """
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ class SemanticTeacher(nn.Module, abc.ABC):
 
     @torch.no_grad()
     def forward(self, frames: torch.Tensor) -> SemanticTargets:
-        """frames: (B, 3, T, H, W), normalized like the data loader does."""
+        """frames: (B, 3, T, H, W), normalized with the data config's mean and std."""
         b, c, t, h, w = frames.shape
         frames = self.input_norm(frames)
         images = frames.transpose(1, 2).reshape(b * t, c, h, w).to(self.dtype)
@@ -248,7 +248,8 @@ class MotionTeacher(nn.Module):
 
     @torch.no_grad()
     def forward(self, video: torch.Tensor) -> torch.Tensor:
-        """video: (B, 3, T, H, W) normalized like the data loader does -> (K, B, T/tubelet * H/p * W/p, C)."""
+        """video: (B, 3, T, H, W) normalized with the data config's mean and std
+        -> (K, B, T/tubelet * H/p * W/p, C)."""
         pixels = self.input_norm(video).transpose(1, 2).to(self.model.dtype)  # VideoMAE takes (B, T, C, H, W)
         out = self.model(pixel_values=pixels, output_hidden_states=True)
         return torch.stack(out.hidden_states[-self.num_layers:]).float()

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ivtrain.config import Recipe
 from ivtrain.data.masking import make_mask
+from ivtrain.data.transforms import normalize
 from ivtrain.models.teachers import MotionTeacher, load_semantic_teacher, teacher_dtype
 from ivtrain.models.vit import InternVideo2, sincos_3d
 
@@ -161,7 +162,8 @@ class IV2Stage1:
     @torch.no_grad()
     def prepare(self, batch: dict) -> dict[str, torch.Tensor]:
         """Run the teachers and draw the mask; returns the keyword inputs of `trainable`."""
-        video = batch["video"].to(self.device, non_blocking=True)  # (B, 3, T_teacher, H, W)
+        data = self.recipe.data
+        video = normalize(batch["video"].to(self.device, non_blocking=True), data.mean, data.std)  # (B, 3, T, H, W)
         student_video = video[:, :, ::self.frame_stride]
         sem = self.semantic(student_video)
         b, t, p = sem.cls_attention.shape
