@@ -33,13 +33,9 @@ def train(recipe: Path = typer.Argument(..., exists=True, dir_okay=False,
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
                "-m", "ivtrain.train", str(recipe)] + [a for s in set for a in ("--set", s)]
         raise typer.Exit(subprocess.run(cmd).returncode)
-    from ivtrain.engine import ResumeError, train as run
+    from ivtrain.train import run_recipe
 
-    try:
-        run(r)
-    except ResumeError as e:
-        typer.echo(f"resume error: {e}", err=True)
-        raise typer.Exit(2)
+    raise typer.Exit(run_recipe(r))
 
 
 def probe(train_shards: str = typer.Argument(..., help="labeled shards to fit the probe (.wids.json, .txt, dir)"),

@@ -11,6 +11,19 @@ import sys
 from ivtrain.config import ConfigError, load_recipe
 
 
+def run_recipe(recipe) -> int:
+    """Train `recipe` in this process; 0, or 2 when the checkpoint in its out_dir cannot be resumed exactly."""
+    from ivtrain.engine import ResumeError, train
+
+    try:
+        train(recipe)
+    except ResumeError as e:
+        if os.environ.get("RANK", "0") == "0":  # every rank stops for the same reason; one says it
+            print(f"resume error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ivtrain.train", description=__doc__)
     parser.add_argument("recipe")
@@ -23,15 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"recipe error: {e}", file=sys.stderr)
         return 2
-    from ivtrain.engine import ResumeError, train
-
-    try:
-        train(recipe)
-    except ResumeError as e:
-        if os.environ.get("RANK", "0") == "0":  # every rank stops for the same reason; one says it
-            print(f"resume error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_recipe(recipe)
 
 
 if __name__ == "__main__":

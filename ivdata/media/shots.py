@@ -38,9 +38,8 @@ def decoded_frames(path: str, size: Callable[[int, int], tuple[int, int]], fmt: 
 def shots_from_cuts(cuts: list[int], times: list[float], fps: float) -> list[tuple[float, float]]:
     """Frame numbers where a new shot starts -> (start_s, end_s) spans from the first frame's time."""
     bounds = sorted({c for c in cuts if 0 < c < len(times)})
-    t0 = times[0]
-    end_time = lambda i: (times[i] if i < len(times) else times[-1] + 1.0 / fps) - t0  # noqa: E731
-    return [(times[a] - t0, end_time(b)) for a, b in zip([0] + bounds, bounds + [len(times)])]
+    edges = times + [times[-1] + 1.0 / fps]  # the last shot ends one frame after its last frame starts
+    return [(edges[a] - edges[0], edges[b] - edges[0]) for a, b in zip([0] + bounds, bounds + [len(times)])]
 
 
 class PySceneDetectDetector:
