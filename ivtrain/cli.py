@@ -47,6 +47,8 @@ def probe(train_shards: str = typer.Argument(..., help="labeled shards to fit th
           epochs: int = typer.Option(100, help="probe training epochs over the cached features"),
           lr: float = typer.Option(1e-3),
           seed: int = typer.Option(0),
+          device: str = typer.Option("auto", help="auto (CUDA when present, bf16 autocast) | cpu | cuda"),
+          batch_size: int = typer.Option(8, "--batch-size", help="clips per encoder forward"),
           out: Optional[Path] = typer.Option(None, "--out", help="write the result as JSON here"),
           ) -> None:
     """Attentive probe (frozen encoder + attention pooling + linear classifier) on labeled shards."""
@@ -56,7 +58,7 @@ def probe(train_shards: str = typer.Argument(..., help="labeled shards to fit th
         raise typer.BadParameter("give --run DIR, or --recipe with --random-init")
     r = load_recipe(recipe, set) if recipe is not None else None
     result = run_probe(train_shards, eval_shards, run_dir=run, recipe=r, random_init=random_init,
-                       epochs=epochs, lr=lr, seed=seed)
+                       epochs=epochs, lr=lr, seed=seed, device=device, batch_size=batch_size)
     text = json.dumps(result.to_dict(), indent=2)
     typer.echo(text)
     if out is not None:

@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from ivtrain.config import Recipe, to_dict
 from ivtrain.data.shards import make_loader
+from ivtrain.devices import pick_device
 from ivtrain.optim import lr_factor, param_groups
 
 # dense bf16 peak per device, for MFU (TFLOP/s)
@@ -44,14 +45,6 @@ def setup_distributed(device: torch.device) -> tuple[int, int, int]:
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", verbose=False)
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
-
-
-def pick_device(setting: str) -> torch.device:
-    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda but CUDA is not available")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
 
 
 def peak_flops(recipe: Recipe, device: torch.device) -> float | None:
@@ -292,7 +285,7 @@ class Trainer:
     def train(self) -> dict:
         tc, recipe = self.recipe.train, self.recipe
         loader, stream = make_loader(recipe.data, seed=tc.seed, rank=self.rank, world=self.world,
-                                     start_batch=self.data_position)
+                                     start_batch=self.data_position, pin_memory=self.device.type == "cuda")
         self.data_plan = stream.plan()
         self._check_data_plan()
         batches = iter(loader)

@@ -105,6 +105,24 @@ def test_batches_skip_and_count_corrupt_samples(shards):
     assert all(lb in train_synthetic.DIRECTIONS for b in batches for lb in b["labels"])
 
 
+def test_evaluation_keeps_the_partial_last_batch(shards):
+    # 12 samples in batches of 5: training drops the last 2 (every step the same size); evaluation keeps them
+    _, train_stream = make_loader(config(shards, batch_size=5, shuffle=False), epochs=1)
+    loader, stream = make_loader(config(shards, batch_size=5, shuffle=False, train=False), epochs=1, keep_last=True)
+    assert train_stream.batches_per_epoch == 2 and stream.batches_per_epoch == 3
+    batches = list(loader)
+    assert [len(b["keys"]) + b["skipped"] for b in batches] == [5, 5, 2]
+    seen = [k for b in batches for k in b["keys"]]
+    assert len(seen) == len(set(seen)) == 11  # every clip once, the corrupt one counted instead
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
+def test_loader_pins_batches_for_a_cuda_consumer(shards):
+    loader, _ = make_loader(config(shards, num_workers=1), epochs=1, pin_memory=True)
+    batch = next(b for b in loader if b["video"] is not None)
+    assert batch["video"].is_pinned() and batch["video"].dtype == torch.uint8
+
+
 def test_workers_and_resume_reproduce_the_same_stream(shards):
     reference = collect(make_loader(config(shards))[0], 9)  # crosses an epoch boundary
     two_workers = collect(make_loader(config(shards, num_workers=2))[0], 9)

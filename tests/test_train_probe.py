@@ -17,7 +17,7 @@ import typer  # noqa: E402
 
 from ivtrain.cli import probe  # noqa: E402
 from ivtrain.config import load_recipe, to_dict  # noqa: E402
-from ivtrain.eval.probe import load_encoder, run_probe  # noqa: E402
+from ivtrain.eval.probe import encode_set, load_encoder, run_probe  # noqa: E402
 from ivtrain.models.vit import InternVideo2  # noqa: E402
 
 
@@ -70,3 +70,33 @@ def test_probe_refuses_unlabeled_shards(labeled):
     recipe = load_recipe("recipes/iv2_stage1_tiny.yaml")
     with pytest.raises(ValueError, match="carry no label"):
         run_probe(str(unlabeled), str(sets["eval"]), recipe=recipe, random_init=True, epochs=1)
+
+
+def test_batched_encoding_matches_one_clip_at_a_time(labeled):
+    root, sets, _ = labeled
+    encoder, recipe = load_encoder(None, load_recipe("recipes/iv2_stage1_tiny.yaml"), random_init=True)
+    one, labels_one = encode_set(encoder, recipe, str(sets["train"]), batch_size=1)
+    three, labels_three = encode_set(encoder, recipe, str(sets["train"]), batch_size=3)  # 8 clips: 3 + 3 + 2
+    assert one.shape[0] == 8 and labels_three == labels_one
+    torch.testing.assert_close(three, one, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where CUDA is absent")
+def test_probe_refuses_cuda_where_there_is_none(labeled):
+    root, sets, _ = labeled
+    with pytest.raises(RuntimeError, match="--device=cuda but CUDA is not available"):
+        run_probe(str(sets["train"]), str(sets["eval"]), recipe=load_recipe("recipes/iv2_stage1_tiny.yaml"),
+                  random_init=True, epochs=1, device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_features_match_cpu(labeled):
+    root, sets, _ = labeled
+    encoder, recipe = load_encoder(None, load_recipe("recipes/iv2_stage1_tiny.yaml"), random_init=True)
+    cpu, _ = encode_set(encoder, recipe, str(sets["eval"]), device="cpu")
+    gpu, _ = encode_set(encoder, recipe, str(sets["eval"]), device="cuda")
+    assert gpu.device.type == "cpu" and gpu.dtype == torch.float32
+    cosine = torch.nn.functional.cosine_similarity(gpu, cpu, dim=-1)
+    assert cosine.min() > 0.99, cosine.min()
+    res = run_probe(str(sets["train"]), str(sets["eval"]), recipe=recipe, random_init=True, epochs=40, device="cuda")
+    assert res.train_accuracy >= 0.75

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from ivdata.corpus import Corpus
 from ivdata.manifest import Manifest
 from ivdata.runtime.executor import WorkFailed, map_unordered
-from ivdata.runtime.progress import progress
+from ivkit.progress import progress
 
 
 @dataclass

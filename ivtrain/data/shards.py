@@ -117,11 +117,13 @@ class ClipStream(IterableDataset):
     """An endless, position-addressable stream of batches for one rank."""
 
     def __init__(self, index: ShardIndex, cfg: DataConfig, seed: int = 0, rank: int = 0, world: int = 1,
-                 start_batch: int = 0, epochs: int | None = None):
+                 start_batch: int = 0, epochs: int | None = None, keep_last: bool = False):
         self.index, self.cfg, self.seed = index, cfg, seed
         self.rank, self.world, self.start_batch, self.epochs = rank, world, start_batch, epochs
         self.per_rank = len(index) // world
-        self.batches_per_epoch = self.per_rank // cfg.batch_size
+        # training drops the partial last batch (every step the same size); evaluation keeps it, so that
+        # every clip is seen once
+        self.batches_per_epoch = -(-self.per_rank // cfg.batch_size) if keep_last else self.per_rank // cfg.batch_size
         if self.batches_per_epoch == 0:
             raise ValueError(f"{len(index)} samples cannot fill one batch of {cfg.batch_size} on each of "
                              f"{world} rank(s)")
@@ -193,11 +195,13 @@ def _outlive_first_sigterm(worker_id: int) -> None:
 
 
 def make_loader(cfg: DataConfig, seed: int = 0, rank: int = 0, world: int = 1, start_batch: int = 0,
-                epochs: int | None = None, index: ShardIndex | None = None) -> tuple[DataLoader, ClipStream]:
+                epochs: int | None = None, index: ShardIndex | None = None, keep_last: bool = False,
+                pin_memory: bool = False) -> tuple[DataLoader, ClipStream]:
+    """pin_memory: for a CUDA consumer, whose `.to(device, non_blocking=True)` is then a direct, asynchronous copy."""
     index = index or ShardIndex(resolve_shards(cfg.shards))
-    stream = ClipStream(index, cfg, seed, rank, world, start_batch, epochs)
+    stream = ClipStream(index, cfg, seed, rank, world, start_batch, epochs, keep_last)
     loader = DataLoader(stream, batch_size=None, num_workers=cfg.num_workers, collate_fn=_keep_lists,
-                        prefetch_factor=2 if cfg.num_workers > 0 else None,
+                        prefetch_factor=2 if cfg.num_workers > 0 else None, pin_memory=pin_memory,
                         persistent_workers=False, worker_init_fn=_outlive_first_sigterm,
                         # its own generator: starting an iterator must not draw from the global RNG,
                         # or a resumed run's masks would drift from the uninterrupted run's
