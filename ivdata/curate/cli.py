@@ -84,7 +84,7 @@ def dedupe(corpus: str = CorpusOpt,
 
 def score(corpus: str = CorpusOpt,
           recipe: Optional[Path] = typer.Option(None, exists=True, help="Take the `score:` block of an InternVid2 recipe."),
-          metrics: Optional[str] = typer.Option(None, help="Comma-separated: motion, aesthetic, clip_text_sim."),
+          metrics: Optional[str] = typer.Option(None, help="Comma-separated: motion, aesthetic, clip_text_sim, text_overlay."),
           model_dir: Optional[Path] = typer.Option(None, help="CLIP / SigLIP directory (transformers, or an open_clip export)."),
           aesthetic_head: Optional[Path] = typer.Option(None, help="Aesthetic head weights (.safetensors / .pt)."),
           workers: int = WorkersOpt):
