@@ -11,6 +11,8 @@
    its own process so that its peak memory is its own. Utilization is reported against two
    references: the device's datasheet peak (MFU, CUDA only) and a large matmul timed in the same
    process (bf16 on CUDA, fp32 on CPU), which is what the hardware gives this torch build.
+3. With --cuda: host-to-GPU time of one batch of clips, uint8 pinned / uint8 pageable (normalized on the
+   GPU) against float32 pinned (normalized in the workers, as before).
 
 Usage: python bench/train_loader.py [--clips N] [--cuda] [--sizes b,l] [--batch B] [--steps S]
   --cuda          ViT-B and ViT-L on the GPU (default batch 8)
@@ -87,6 +89,33 @@ def bench_loader(clips: list[Path], work: Path, frames: int = 16, size: int = 22
         results[f"loader_clips_per_s_workers{workers}"] = rate
     results["overhead_ratio_per_worker"] = raw / results["loader_clips_per_s_workers1"]
     return results
+
+
+def bench_transfer(batch: int = 8, frames: int = 16, size: int = 224, repeats: int = 20) -> dict:
+    """Host-to-GPU cost of one batch as the trainer receives it: uint8 clips from pinned memory (what the
+    loader hands a CUDA consumer) or pageable memory, normalized on the GPU, against the float32 clips the
+    workers used to normalize and ship."""
+    import torch
+
+    from ivtrain.config import DataConfig
+    from ivtrain.data.transforms import normalize
+
+    dev, d = torch.device("cuda"), DataConfig()
+    clips = torch.randint(0, 256, (batch, 3, frames, size, size), dtype=torch.uint8)
+    cases = {"uint8_pageable": clips, "uint8_pinned": clips.pin_memory(),
+             "float32_pinned": normalize(clips, d.mean, d.std).pin_memory()}
+    out = {"batch": batch, "frames": frames, "size": size, "uint8_batch_mib": clips.numel() / 2**20}
+    for name, host in cases.items():
+        for i in range(repeats + 2):  # two warm-up copies
+            if i == 2:
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+            x = host.to(dev, non_blocking=True)
+            if x.dtype == torch.uint8:
+                x = normalize(x, d.mean, d.std)
+        torch.cuda.synchronize()
+        out[f"{name}_ms"] = (time.perf_counter() - t) / repeats * 1e3
+    return out
 
 
 def matmul_tflops(device, dtype, n: int = 4096, repeats: int = 10) -> float:
@@ -221,6 +250,8 @@ def main() -> None:
         results = {"loader": bench_loader(clips, work)}
         results["step_tiny_cpu"] = bench_step("tiny", "cpu", 10, work / "tiny", 8)
     device = "cuda" if args.cuda else "cpu"
+    if args.cuda:
+        results["host_to_gpu"] = bench_transfer()
     sizes = [s for s in args.sizes.split(",") if s] or (["b", "l"] if args.cuda else [])
     for size in sizes:
         results[f"step_{size}_{device}"] = step_in_own_process(
