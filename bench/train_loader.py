@@ -6,7 +6,8 @@
    16 indices, no transforms) in one process.
    overhead ratio = raw clips/s / loader clips/s per worker.
 2. Step time of the stage-1 objective, split into teachers (no-grad forward of both teachers + mask)
-   and student (forward + backward + AdamW step), with the FLOP count of each: the tiny recipe on CPU,
+   and student (forward + backward + AdamW step through DeepSpeed ZeRO-1, as the trainer runs it: bf16
+   weights with fp32 master weights on CUDA, fp32 on CPU), with the FLOP count of each: the tiny recipe on CPU,
    and with --sizes b,l ViT-B and ViT-L students with ViT-B-shaped teachers (random weights), each in
    its own process so that its peak memory is its own. Utilization is reported against two
    references: the device's datasheet peak (MFU, CUDA only) and a large matmul timed in the same
@@ -14,7 +15,7 @@
 3. With --cuda: host-to-GPU time of one batch of clips, uint8 pinned / uint8 pageable (normalized on the
    GPU) against float32 pinned (normalized in the workers, as before).
 
-Usage: python bench/train_loader.py [--clips N] [--cuda] [--sizes b,l] [--batch B] [--steps S]
+Usage: python bench/train_loader.py [--clips N] [--cuda] [--sizes b,l] [--batch B] [--steps S] [--out F]
   --cuda          ViT-B and ViT-L on the GPU (default batch 8)
   --sizes b,l     the same on CPU (default batch 1): slow, but runs the real-size path end to end
 """
@@ -165,12 +166,22 @@ def bench_step(size: str, device: str, steps: int, work: Path, batch: int) -> di
         clip, mae = work / "clip", work / "mae"
         sets, recipe_path = [f"model.size={size}"], ROOT / "recipes/iv2_stage1_b.yaml"
     dev = torch.device(device)
+    # as the trainer runs: DeepSpeed ZeRO-1, bf16 weights with fp32 master weights on CUDA, fp32 on CPU
     recipe = load_recipe(recipe_path, sets + [f"teachers.semantic.path={clip}", f"teachers.motion.path={mae}",
                                               "loss.align_layers=2", f"data.batch_size={batch}",
-                                              f"train.device={dev.type}"])
+                                              f"train.device={dev.type}", f"train.bf16={dev.type == 'cuda'}",
+                                              "train.zero_stage=1"])
+    import deepspeed
+
+    from ivtrain.engine import deepspeed_config, setup_distributed
+
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    setup_distributed(dev)
     obj = IV2Stage1(recipe, dev)
     obj.trainable.to(dev)
-    opt = torch.optim.AdamW(obj.trainable.parameters(), lr=1e-4)
+    engine, _, _, _ = deepspeed.initialize(model=obj.trainable, config=deepspeed_config(recipe, 1),
+                                           optimizer=torch.optim.AdamW(obj.trainable.parameters(), lr=1e-4))
     d = recipe.data
     # uint8, as the loader ships it: prepare normalizes on the device, which the teacher time includes
     video = torch.randint(0, 256, (batch, 3, d.teacher_frames, d.image_size, d.image_size), dtype=torch.uint8,
@@ -184,9 +195,9 @@ def bench_step(size: str, device: str, steps: int, work: Path, batch: int) -> di
         sync(); t0 = time.perf_counter()
         inputs = obj.prepare({"video": video})
         sync(); t1 = time.perf_counter()
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            loss, _ = obj.trainable(**inputs)
-        opt.zero_grad(); loss.backward(); opt.step()
+        loss, _ = engine(**inputs)
+        engine.backward(loss)
+        engine.step()
         sync(); t2 = time.perf_counter()
         if i >= warmup:  # warm-up steps excluded
             teacher_t.append(t1 - t0)
@@ -205,10 +216,10 @@ def bench_step(size: str, device: str, steps: int, work: Path, batch: int) -> di
     out["peak_memory_gb"] = memory
     out["memory_kind"] = "torch.cuda.max_memory_allocated" if dev.type == "cuda" else "process peak RSS"
     if dev.type == "cuda":
-        from ivtrain.engine import PEAK_TFLOPS
+        from ivtrain.devices import datasheet_peak_tflops
 
         name = torch.cuda.get_device_name(dev)
-        peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+        peak = datasheet_peak_tflops(name)
         out["gpu"] = name
         out["mfu"] = total / (peak * 1e12) if peak else None
     return out
@@ -220,7 +231,10 @@ def step_in_own_process(size: str, device: str, steps: int, batch: int) -> dict:
 
     args = [sys.executable, __file__, "--one-step-bench", size, "--device", device, "--steps", str(steps),
             "--batch", str(batch)]
-    proc = subprocess.run(args, capture_output=True, text=True, check=False)
+    # its own world of one: not the rendezvous this process set up for its own tiny step
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    proc = subprocess.run(args, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{size} on {device} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -233,6 +247,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="", help="comma-separated student sizes (b, l) to run on CPU")
     parser.add_argument("--batch", type=int, default=0, help="clips per step for b/l (default: 8 CUDA, 1 CPU)")
     parser.add_argument("--steps", type=int, default=0, help="timed steps for b/l (default: 10 CUDA, 2 CPU)")
+    parser.add_argument("--out", default="", help="also write the results JSON here (DeepSpeed prints to stdout)")
     parser.add_argument("--one-step-bench", default="", help=argparse.SUPPRESS)   # the child process
     parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -257,6 +272,8 @@ def main() -> None:
         results[f"step_{size}_{device}"] = step_in_own_process(
             size, device, args.steps or (10 if args.cuda else 2), args.batch or (8 if args.cuda else 1))
     print(json.dumps(results, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -22,11 +22,8 @@ import torch.distributed as dist
 
 from ivtrain.config import Recipe, to_dict
 from ivtrain.data.shards import make_loader
-from ivtrain.devices import pick_device
+from ivtrain.devices import datasheet_peak_tflops, pick_device
 from ivtrain.optim import lr_factor, param_groups
-
-# dense bf16 peak per device, for MFU (TFLOP/s)
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "A800": 312.0, "H800": 989.0, "L40S": 362.0, "4090": 165.0}
 
 
 def _free_port() -> int:
@@ -47,14 +44,27 @@ def setup_distributed(device: torch.device) -> tuple[int, int, int]:
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
 
 
+def deepspeed_config(recipe: Recipe, world: int) -> dict:
+    tc = recipe.train
+    return {
+        "train_micro_batch_size_per_gpu": recipe.data.batch_size,
+        "gradient_accumulation_steps": tc.grad_accum,
+        "train_batch_size": recipe.data.batch_size * tc.grad_accum * world,
+        "gradient_clipping": recipe.optim.clip_grad,
+        "zero_optimization": {"stage": tc.zero_stage},
+        # bf16 weights, activations and gradients; DeepSpeed keeps fp32 master weights for the optimizer
+        "bf16": {"enabled": tc.bf16},
+        "steps_per_print": 10**9,
+        "zero_allow_untested_optimizer": True,
+    }
+
+
 def peak_flops(recipe: Recipe, device: torch.device) -> float | None:
     if recipe.train.peak_tflops > 0:
         return recipe.train.peak_tflops * 1e12
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, tflops in PEAK_TFLOPS.items():
-            if key in name:
-                return tflops * 1e12
+        tflops = datasheet_peak_tflops(torch.cuda.get_device_name(device))
+        return tflops * 1e12 if tflops else None
     return None
 
 
@@ -161,18 +171,8 @@ class Trainer:
                                       betas=tuple(recipe.optim.betas), eps=recipe.optim.eps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, tc.steps, recipe.optim))
-        ds_config = {
-            "train_micro_batch_size_per_gpu": recipe.data.batch_size,
-            "gradient_accumulation_steps": tc.grad_accum,
-            "train_batch_size": recipe.data.batch_size * tc.grad_accum * self.world,
-            "gradient_clipping": recipe.optim.clip_grad,
-            "zero_optimization": {"stage": tc.zero_stage},
-            "bf16": {"enabled": tc.bf16},
-            "steps_per_print": 10**9,
-            "zero_allow_untested_optimizer": True,
-        }
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                                    config=ds_config)
+                                                    config=deepspeed_config(recipe, self.world))
         torch.manual_seed(tc.seed * 1000 + self.rank + 1)
         self.step = 0
         self.data_position = 0

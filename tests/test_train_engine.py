@@ -313,6 +313,15 @@ def test_two_processes_zero1_resume_exactly_after_sigkill(setup, tmp_path):
         assert abs(m["loss"] - straight[m["step"]]) <= 1e-5, (m["step"], m["loss"], straight[m["step"]])
 
 
+def test_datasheet_peak_reads_the_device_variant():
+    from ivtrain.devices import datasheet_peak_tflops
+
+    assert datasheet_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert datasheet_peak_tflops("NVIDIA H100 PCIe") == 756.0   # not the SXM part's 989
+    assert datasheet_peak_tflops("NVIDIA H200 NVL") == 835.0 and datasheet_peak_tflops("NVIDIA H200") == 989.0
+    assert datasheet_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0 and datasheet_peak_tflops("Tesla T4") is None
+
+
 @pytest.fixture(scope="module")
 def cuda_setup(tmp_path_factory):
     """Shards written straight from the mp4s: the engine's GPU check needs neither DuckDB nor the detectors."""

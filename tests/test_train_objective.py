@@ -117,6 +117,8 @@ def test_teachers_convert_the_loader_normalization_to_their_own(tmp_path):
     m, s = (torch.tensor(v).view(1, 3, 1, 1, 1) for v in imagenet)
     cm, cs = (torch.tensor(v).view(1, 3, 1, 1, 1) for v in (clip_mean, clip_std))
     assert torch.allclose(teacher.input_norm((raw - m) / s), (raw - cm) / cs, atol=1e-6)
+    teacher.to(torch.bfloat16)  # as on CUDA: the weights go to bf16, the conversion stays exact
+    assert torch.allclose(teacher.input_norm((raw - m) / s), (raw - cm) / cs, atol=1e-6)
 
 
 def test_bf16_teachers_give_fp32_targets_close_to_the_fp32_teachers(teachers):
@@ -142,3 +144,23 @@ def test_bf16_teachers_give_fp32_targets_close_to_the_fp32_teachers(teachers):
     loss, _ = bf16.trainable(**inputs)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()
+
+
+def test_flop_count_matches_torch_flop_counter(teachers):
+    """MFU rests on flops_per_sample: it must equal what torch's own counter sees run (matmuls and
+    convolutions; the math SDPA kernel, whose matmuls the counter sees) for the student's forward (a third
+    of its training FLOPs) and for both teachers, at two mask ratios."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    clips = torch.randint(0, 256, (2, 3, 8, 32, 32), dtype=torch.uint8)
+    for ratio in (0.75, 0.5):
+        obj = IV2Stage1(recipe(teachers, f"mask.ratio={ratio}"), torch.device("cpu"))
+        with sdpa_kernel(SDPBackend.MATH):
+            with FlopCounterMode(display=False) as teacher_count:
+                inputs = obj.prepare({"video": clips})
+            with FlopCounterMode(display=False) as student_count:
+                obj.trainable(**inputs)
+        ours = obj.flops_per_sample()
+        assert ours["student"] / 3 == pytest.approx(student_count.get_total_flops() / 2, rel=0.01), ratio
+        assert ours["teachers"] == pytest.approx(teacher_count.get_total_flops() / 2, rel=0.01), ratio

@@ -100,3 +100,11 @@ def test_cuda_bf16_features_match_cpu(labeled):
     assert cosine.min() > 0.99, cosine.min()
     res = run_probe(str(sets["train"]), str(sets["eval"]), recipe=recipe, random_init=True, epochs=40, device="cuda")
     assert res.train_accuracy >= 0.75
+
+
+def test_a_run_trained_with_flash_attention_is_probed_where_there_is_none(labeled):
+    root, sets, _ = labeled
+    recipe = load_recipe("recipes/iv2_stage1_tiny.yaml", ["model.attn_backend=flash"])
+    encoder, recipe = load_encoder(None, recipe, random_init=True)
+    feats, _ = encode_set(encoder, recipe, str(sets["eval"]), device="cpu")
+    assert feats.shape[0] == 8 and encoder.backend == "sdpa"

@@ -21,6 +21,7 @@ from ivtrain.config import Recipe, load_recipe
 from ivtrain.data.shards import make_loader
 from ivtrain.data.transforms import normalize
 from ivtrain.devices import pick_device
+from ivtrain.models.attention import resolve_backend
 from ivtrain.models.vit import AttentionPooling, InternVideo2
 
 
@@ -46,7 +47,8 @@ def load_encoder(run_dir: str | Path | None, recipe: Recipe | None = None, rando
     if recipe is None:
         raise ValueError("need a run directory or a recipe")
     vit = replace(recipe.model, img_size=recipe.model.img_size or recipe.data.image_size,
-                  num_frames=recipe.model.num_frames or recipe.data.num_frames, checkpoint_activations=False)
+                  num_frames=recipe.model.num_frames or recipe.data.num_frames, checkpoint_activations=False,
+                  attn_backend="sdpa")  # built on the CPU; encode_set picks the backend of the device it runs on
     torch.manual_seed(seed)
     weights = None
     if not random_init:
@@ -71,6 +73,7 @@ def encode_set(encoder: InternVideo2, recipe: Recipe, shards: str, batch_size: i
                    teacher_frames=recipe.data.num_frames, num_workers=min(2, recipe.data.num_workers))
     loader, stream = make_loader(data, epochs=1, keep_last=True, pin_memory=device.type == "cuda")
     encoder = encoder.to(device)
+    encoder.set_backend(resolve_backend("auto", device))  # flash-attn where CUDA has it: same weights, same outputs
     feats, labels = [], []
     with progress(f"encode {Path(str(shards)).name}", len(stream.index)) as advance, \
             torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):

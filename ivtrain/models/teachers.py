@@ -36,6 +36,7 @@ def _freeze(model: nn.Module) -> nn.Module:
 
 
 def _transformer_flops(tokens: int, dim: int, mlp: int, depth: int) -> float:
+    """Forward FLOPs (2 per multiply-add) of `depth` pre-norm blocks: qkv + output projection, MLP, attention."""
     return float(depth * (2 * tokens * (4 * dim * dim + 2 * dim * mlp) + 4 * tokens * tokens * dim))
 
 
@@ -61,13 +62,15 @@ class InputNormalization(nn.Module):
             (dm, ds), (tm, ts) = (torch.tensor(v, dtype=torch.float32) for v in data), \
                 (torch.tensor(v, dtype=torch.float32) for v in teacher)
             scale, shift = ds / ts, (dm - tm) / ts
-        self.register_buffer("scale", scale.view(1, 3, 1, 1, 1), persistent=False)
-        self.register_buffer("shift", shift.view(1, 3, 1, 1, 1), persistent=False)
+        # plain attributes, not buffers: a teacher moved to bf16 would round them (~0.4 % off every pixel)
+        self.scale, self.shift = scale.view(1, 3, 1, 1, 1), shift.view(1, 3, 1, 1, 1)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:  # (B, 3, T, H, W)
         if self.identity:
             return video
-        return video.float() * self.scale.float() + self.shift.float()
+        if self.scale.device != video.device:
+            self.scale, self.shift = self.scale.to(video.device), self.shift.to(video.device)
+        return video.float() * self.scale + self.shift
 
 
 @dataclass
@@ -117,8 +120,10 @@ class SemanticTeacher(nn.Module, abc.ABC):
         return next(self.parameters()).dtype
 
     def flops_per_sample(self, frames: int) -> float:
-        tokens = (self.image_size // self.patch_size) ** 2 + int(self.has_cls)
-        return frames * _transformer_flops(tokens, self.hidden_size, self.mlp_size, self.depth)
+        patches = (self.image_size // self.patch_size) ** 2
+        embed = 2 * patches * 3 * self.patch_size ** 2 * self.hidden_size
+        return frames * (embed + _transformer_flops(patches + int(self.has_cls), self.hidden_size, self.mlp_size,
+                                                    self.depth))
 
 
 class HFSemanticTeacher(SemanticTeacher):
@@ -256,7 +261,8 @@ class MotionTeacher(nn.Module):
 
     def flops_per_sample(self) -> float:
         tokens = (self.num_frames // self.tubelet_size) * (self.image_size // self.patch_size) ** 2
-        return _transformer_flops(tokens, self.hidden_size, self.mlp_size, self.depth)
+        embed = 2 * tokens * 3 * self.tubelet_size * self.patch_size ** 2 * self.hidden_size
+        return embed + _transformer_flops(tokens, self.hidden_size, self.mlp_size, self.depth)
 
 
 def save_tiny_clip_teacher(path: str | Path, image_size: int = 32, patch_size: int = 8, hidden: int = 48,

@@ -282,7 +282,9 @@ class InternVideo2(nn.Module):
         per_block = 2 * n * (3 * d * d + d * d + 2 * d * m) + 2 * 2 * n * n * d
         p = self.cfg.patch_size
         embed = 2 * self.num_patches * 3 * self.cfg.tubelet_size * p * p * d
-        return float(self.depth * per_block + embed)
+        # attention pooling: k, v over every token, one query, one output projection
+        pool = 2 * n * 2 * d * d + 2 * 2 * n * d + 2 * d * d + 2 * d * self.clip_projector.cross_attn.proj.out_features
+        return float(self.depth * per_block + embed + pool)
 
 
 def _init_weights(m: nn.Module) -> None:

@@ -40,6 +40,11 @@ def cosine_distance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (2.0 - 2.0 * (pred * target).sum(-1)).mean()
 
 
+def linear_flops(module: nn.Module) -> int:
+    """FLOPs (2 per multiply-add) of one token through every Linear layer of `module`."""
+    return sum(2 * m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
+
+
 class LinearHead(nn.Module):
     """Student width -> semantic teacher width."""
 
@@ -183,5 +188,9 @@ class IV2Stage1:
         enc = self.trainable.encoder
         from ivtrain.data.masking import visible_per_frame
         visible = visible_per_frame(enc.grid[1] * enc.grid[2], self.recipe.mask.ratio) * enc.grid[0]
-        return {"student": 3.0 * enc.flops_per_sample(visible),
+        student = self.trainable
+        # the decoder heads run on every visible token (+ CLS), the final one on the pooled vector
+        heads = (visible + 1) * sum(linear_flops(h) for h in [*student.clip_decoder, *student.mae_decoder])
+        heads += linear_flops(student.final_clip_decoder)
+        return {"student": 3.0 * (enc.flops_per_sample(visible) + heads),
                 "teachers": self.semantic.flops_per_sample(enc.grid[0]) + self.motion.flops_per_sample()}
