@@ -105,3 +105,24 @@ def test_sigkill_during_shard_then_rerun(windowed_corpus):
     import webdataset as wds
     seen = [s["__key__"] for s in wds.WebDataset([str(p) for p in c.shard_list("all")], shardshuffle=False)]
     assert sorted(seen) == sorted(clip_ids)
+
+
+def test_a_shard_set_with_one_recorded_shard_grows_after_it(windowed_corpus):
+    """What a run killed right after its first shard leaves: shard 0 recorded. The next run must number its
+    shards from 1 (it once restarted at 0 and failed on the primary key: seen in CI as a rare failure of
+    the SIGKILL test above, when the kill came just after the first commit)."""
+    from ivdata.manifest import Manifest
+    from ivdata.stages.shard import ShardConfig
+
+    c = windowed_corpus
+    pipeline.cut(c)
+    with c.manifest() as m:
+        first = m.subset_clip_ids("all")[0]
+        m.select_subset("first_clip", sql=f"SELECT '{first}' AS clip_id")
+    pipeline.shard(c, ShardConfig(subset="first_clip", shardset="grow", maxcount=1))
+    pipeline.shard(c, ShardConfig(subset="all", shardset="grow", maxcount=1))
+    with Manifest(c.manifest_path, read_only=True) as m:
+        indexes = [r[0] for r in m.execute("SELECT shard_index FROM shards WHERE shardset = 'grow' ORDER BY 1").fetchall()]
+        keys = [r[0] for r in m.execute("SELECT key FROM samples WHERE shardset = 'grow'").fetchall()]
+        assert m.scalar("SELECT shard_index FROM samples WHERE shardset = 'grow' AND key = ?", [first]) == 0
+    assert indexes == list(range(24)) and sorted(keys) == sorted(set(keys)) and len(keys) == 24

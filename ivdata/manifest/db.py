@@ -140,8 +140,15 @@ class Manifest:
         self.con.register("_ivkit_rows", data)
         try:
             self.con.execute(f"{mode} INTO {table} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _ivkit_rows")
-        finally:
-            self.con.unregister("_ivkit_rows")
+        except Exception:
+            # inside a transaction the failed INSERT aborts it, and unregistering then raises "transaction is
+            # aborted", which would hide the real error (a key conflict, say); the next register replaces the view
+            try:
+                self.con.unregister("_ivkit_rows")
+            except duckdb.Error:
+                pass
+            raise
+        self.con.unregister("_ivkit_rows")
         return len(rows)
 
     def update_rows(self, table: str, key: str | Sequence[str], rows: Iterable[dict]) -> int:

@@ -92,7 +92,9 @@ class ShardStage(Stage):
                 "SELECT clip_id, metric, value FROM scores WHERE clip_id IN (SELECT unnest(?::VARCHAR[])) "
                 "ORDER BY metric, model", [todo]).fetchall():
             scores.setdefault(cid, {})[metric] = value
-        start = (m.scalar("SELECT max(shard_index) FROM shards WHERE shardset = ?", [cfg.name]) or -1) + 1
+        # coalesce in SQL: `max(...) or -1` in Python read a recorded shard 0 as "none", and a run killed
+        # after its first shard restarted at index 0 and failed on the primary key
+        start = m.scalar("SELECT coalesce(max(shard_index), -1) + 1 FROM shards WHERE shardset = ?", [cfg.name])
         plans, cur, size = [], [], 0
         for cid in todo:
             r = rows[cid]
