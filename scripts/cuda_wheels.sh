@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Fetch, on this machine, the wheels that scripts/cuda_checks.sh needs on a lent GPU machine. Its image has
 # torch, transformers, safetensors, tensorboard, pytest, rich, typer, pyyaml, numpy, scipy, psutil, einops,
-# msgpack, ninja, py-cpuinfo (../.library/device/KINDS.md), but not these, and it cannot reach PyPI. They land in .whl/ (git-ignored through .git/info/exclude), about 55 MB: under the 64 MiB that travels.
+# msgpack, ninja, py-cpuinfo (../.library/device/KINDS.md), but not these, and it cannot reach PyPI. They
+# land in .whl/ (git-ignored through .git/info/exclude), about 55 MB: under the 64 MiB that travels.
 # flash-attn is not among them: PyPI has only its source, and compiling it takes longer than a device lease.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mkdir -p .git/info   # a fresh clone may lack it
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
 mkdir -p .whl
 PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
