@@ -145,7 +145,7 @@ def peak_memory_gb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # Linux: KiB; the whole process
 
 
-def bench_step(size: str, device: str, steps: int, work: Path, batch: int) -> dict:
+def bench_step(size: str, device: str, steps: int, work: Path, batch: int, zero: int = 1) -> dict:
     import torch
 
     from ivtrain.config import load_recipe
@@ -166,11 +166,11 @@ def bench_step(size: str, device: str, steps: int, work: Path, batch: int) -> di
         clip, mae = work / "clip", work / "mae"
         sets, recipe_path = [f"model.size={size}"], ROOT / "recipes/iv2_stage1_b.yaml"
     dev = torch.device(device)
-    # as the trainer runs: DeepSpeed ZeRO-1, bf16 weights with fp32 master weights on CUDA, fp32 on CPU
+    # as the trainer runs: DeepSpeed ZeRO (the recipes' stage 1 unless asked), bf16 weights with fp32 master weights on CUDA, fp32 on CPU
     recipe = load_recipe(recipe_path, sets + [f"teachers.semantic.path={clip}", f"teachers.motion.path={mae}",
                                               "loss.align_layers=2", f"data.batch_size={batch}",
                                               f"train.device={dev.type}", f"train.bf16={dev.type == 'cuda'}",
-                                              "train.zero_stage=1"])
+                                              f"train.zero_stage={zero}"])
     import deepspeed
 
     from ivtrain.engine import deepspeed_config, setup_distributed
@@ -208,7 +208,7 @@ def bench_step(size: str, device: str, steps: int, work: Path, batch: int) -> di
     out = {"size": size, "device": str(dev), "batch": batch, "steps": steps, "teachers_s": mean(teacher_t),
            "student_s": mean(student_t), "teacher_share": mean(teacher_t) / (mean(teacher_t) + mean(student_t)),
            "student_gflops_per_clip": fl["student"] / 1e9, "teachers_gflops_per_clip": fl["teachers"] / 1e9,
-           "student_params_m": sum(p.numel() for p in obj.trainable.parameters()) / 1e6}
+           "student_params_m": sum(p.numel() for p in obj.trainable.parameters()) / 1e6, "zero_stage": zero}
     total = (fl["student"] + fl["teachers"]) * batch / (mean(teacher_t) + mean(student_t))
     out["achieved_tflops"] = total / 1e12
     out["matmul_tflops"] = matmul_tflops(dev, torch.bfloat16 if dev.type == "cuda" else torch.float32)
@@ -225,12 +225,12 @@ def bench_step(size: str, device: str, steps: int, work: Path, batch: int) -> di
     return out
 
 
-def step_in_own_process(size: str, device: str, steps: int, batch: int) -> dict:
+def step_in_own_process(size: str, device: str, steps: int, batch: int, zero: int = 1) -> dict:
     """One size per process: its peak memory is then its own, not the largest seen so far."""
     import subprocess
 
     args = [sys.executable, __file__, "--one-step-bench", size, "--device", device, "--steps", str(steps),
-            "--batch", str(batch)]
+            "--batch", str(batch), "--zero", str(zero)]
     # its own world of one: not the rendezvous this process set up for its own tiny step
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
@@ -247,6 +247,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="", help="comma-separated student sizes (b, l) to run on CPU")
     parser.add_argument("--batch", type=int, default=0, help="clips per step for b/l (default: 8 CUDA, 1 CPU)")
     parser.add_argument("--steps", type=int, default=0, help="timed steps for b/l (default: 10 CUDA, 2 CPU)")
+    parser.add_argument("--zero", type=int, default=1, help="ZeRO stage of the DeepSpeed step (the recipes use 1)")
     parser.add_argument("--out", default="", help="also write the results JSON here (DeepSpeed prints to stdout)")
     parser.add_argument("--one-step-bench", default="", help=argparse.SUPPRESS)   # the child process
     parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
@@ -256,21 +257,22 @@ def main() -> None:
     if args.one_step_bench:
         torch.set_num_threads(os.cpu_count() or 1)
         with tempfile.TemporaryDirectory() as tmp:
-            print(json.dumps(bench_step(args.one_step_bench, args.device, args.steps, Path(tmp), args.batch)))
+            print(json.dumps(bench_step(args.one_step_bench, args.device, args.steps, Path(tmp), args.batch,
+                                        args.zero)))
         return
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         clips = real_clips(work, args.clips)
         results = {"loader": bench_loader(clips, work)}
-        results["step_tiny_cpu"] = bench_step("tiny", "cpu", 10, work / "tiny", 8)
+        results["step_tiny_cpu"] = bench_step("tiny", "cpu", 10, work / "tiny", 8, args.zero)
     device = "cuda" if args.cuda else "cpu"
     if args.cuda:
         results["host_to_gpu"] = bench_transfer()
     sizes = [s for s in args.sizes.split(",") if s] or (["b", "l"] if args.cuda else [])
     for size in sizes:
         results[f"step_{size}_{device}"] = step_in_own_process(
-            size, device, args.steps or (10 if args.cuda else 2), args.batch or (8 if args.cuda else 1))
+            size, device, args.steps or (10 if args.cuda else 2), args.batch or (8 if args.cuda else 1), args.zero)
     print(json.dumps(results, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))

@@ -44,11 +44,16 @@ def probe(train_shards: str = typer.Argument(..., help="labeled shards to fit th
           recipe: Optional[Path] = typer.Option(None, "--recipe", help="with --random-init: the recipe whose encoder to build"),
           set: list[str] = typer.Option([], "--set", help="overrides for --recipe"),
           random_init: bool = typer.Option(False, "--random-init", help="probe a randomly initialized encoder (baseline)"),
-          epochs: int = typer.Option(100, help="probe training epochs over the cached features"),
+          epochs: int = typer.Option(100, help="probe training epochs (with --features stream, one encoder pass each)"),
           lr: float = typer.Option(1e-3),
           seed: int = typer.Option(0),
           device: str = typer.Option("auto", help="auto (CUDA when present, bf16 autocast) | cpu | cuda"),
-          batch_size: int = typer.Option(8, "--batch-size", help="clips per encoder forward"),
+          batch_size: int = typer.Option(8, "--batch-size", help="clips per encoder forward when caching"),
+          features: str = typer.Option("auto", help="cache: encode each set once and keep every token in memory; "
+                                       "stream: encode each minibatch afresh (one batch in memory, one encoder "
+                                       "pass per epoch); auto: cache when it fits in half the free memory"),
+          cache_dtype: str = typer.Option("float32", "--cache-dtype", help="float32 | bfloat16 | float16: the "
+                                          "cached tokens' type (bfloat16 halves the cache)"),
           out: Optional[Path] = typer.Option(None, "--out", help="write the result as JSON here"),
           ) -> None:
     """Attentive probe (frozen encoder + attention pooling + linear classifier) on labeled shards."""
@@ -57,8 +62,13 @@ def probe(train_shards: str = typer.Argument(..., help="labeled shards to fit th
     if run is None and recipe is None:
         raise typer.BadParameter("give --run DIR, or --recipe with --random-init")
     r = load_recipe(recipe, set) if recipe is not None else None
-    result = run_probe(train_shards, eval_shards, run_dir=run, recipe=r, random_init=random_init,
-                       epochs=epochs, lr=lr, seed=seed, device=device, batch_size=batch_size)
+    try:
+        result = run_probe(train_shards, eval_shards, run_dir=run, recipe=r, random_init=random_init,
+                           epochs=epochs, lr=lr, seed=seed, device=device, batch_size=batch_size,
+                           features=features, cache_dtype=cache_dtype)
+    except ValueError as e:  # bad option values, unlabeled shards, unknown eval labels: no traceback
+        typer.echo(f"probe error: {e}", err=True)
+        raise typer.Exit(2)
     text = json.dumps(result.to_dict(), indent=2)
     typer.echo(text)
     if out is not None:

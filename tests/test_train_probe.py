@@ -17,7 +17,9 @@ import typer  # noqa: E402
 
 from ivtrain.cli import probe  # noqa: E402
 from ivtrain.config import load_recipe, to_dict  # noqa: E402
-from ivtrain.eval.probe import encode_set, load_encoder, run_probe  # noqa: E402
+from ivtrain.eval import probe as probe_module  # noqa: E402
+from ivtrain.eval.probe import (CachedFeatures, StreamedFeatures, class_lookup, encode_set, load_encoder,  # noqa: E402
+                                run_probe, train_probe)
 from ivtrain.models.vit import InternVideo2  # noqa: E402
 
 
@@ -50,6 +52,17 @@ def test_probe_cli_on_a_random_encoder(labeled, tmp_path):
     assert sum(conf[i][i] for i in range(4)) / 8 == pytest.approx(got["eval_accuracy"])
 
 
+def test_probe_cli_reports_bad_input_without_a_traceback(labeled):
+    root, sets, unlabeled = labeled
+    app = typer.Typer()
+    app.command()(probe)
+    base = ["--recipe", "recipes/iv2_stage1_tiny.yaml", "--random-init", "--epochs", "1"]
+    for args, message in (([str(sets["train"]), str(sets["eval"]), "--features", "disk"], "--features must be"),
+                          ([str(unlabeled), str(sets["eval"])], "carry no label")):
+        result = CliRunner().invoke(app, args + base)
+        assert result.exit_code == 2 and message in result.output and result.exception.__class__ is SystemExit
+
+
 def test_probe_loads_a_run_directory_strictly(labeled, tmp_path):
     from safetensors.torch import save_file
 
@@ -65,11 +78,59 @@ def test_probe_loads_a_run_directory_strictly(labeled, tmp_path):
     assert res.num_train == 8
 
 
-def test_probe_refuses_unlabeled_shards(labeled):
+@pytest.mark.parametrize("features", ["cache", "stream"])
+def test_probe_refuses_unlabeled_shards(labeled, features):
     root, sets, unlabeled = labeled
     recipe = load_recipe("recipes/iv2_stage1_tiny.yaml")
     with pytest.raises(ValueError, match="carry no label"):
-        run_probe(str(unlabeled), str(sets["eval"]), recipe=recipe, random_init=True, epochs=1)
+        run_probe(str(unlabeled), str(sets["eval"]), recipe=recipe, random_init=True, epochs=1, features=features)
+
+
+def test_streamed_tokens_train_the_same_probe_as_cached_ones(labeled):
+    """Streaming re-encodes every minibatch instead of keeping the tokens; it must see the same clips in
+    the same minibatches, epoch after epoch, and so train the same probe."""
+    root, sets, _ = labeled
+    encoder, recipe = load_encoder(None, load_recipe("recipes/iv2_stage1_tiny.yaml"), random_init=True, seed=3)
+    x, labels = encode_set(encoder, recipe, str(sets["train"]), batch_size=3)
+    classes, lookup = class_lookup(labels, labels)
+    cached = CachedFeatures(x, torch.tensor([lookup[lb] for lb in labels]), batch_size=3, seed=7)
+    streamed = StreamedFeatures(encoder, recipe, str(sets["train"]), lookup, batch_size=3, seed=7,
+                                device=torch.device("cpu"))
+    for epoch in (0, 1, None):  # 8 clips: 3 + 3 + 2, shuffled differently per epoch, then in order
+        a, b = list(cached.batches(epoch)), list(streamed.batches(epoch))
+        assert [y.tolist() for _, y in a] == [y.tolist() for _, y in b] and [len(y) for _, y in a] == [3, 3, 2]
+        for (xa, _), (xb, _) in zip(a, b):
+            torch.testing.assert_close(xb, xa, atol=1e-5, rtol=1e-4)
+    assert [y.tolist() for _, y in cached.batches(0)] != [y.tolist() for _, y in cached.batches(1)]
+    probes = [train_probe(f, len(classes), x.shape[-1], epochs=6, seed=1) for f in (cached, streamed)]
+    for pa, pb in zip(probes[0].parameters(), probes[1].parameters()):
+        torch.testing.assert_close(pb, pa, atol=1e-4, rtol=1e-3)
+
+
+def test_auto_streams_when_the_cache_would_not_fit(labeled, monkeypatch):
+    root, sets, _ = labeled
+    recipe = load_recipe("recipes/iv2_stage1_tiny.yaml")
+    run = lambda: run_probe(str(sets["train"]), str(sets["eval"]), recipe=recipe, random_init=True, epochs=2)  # noqa: E731
+    encoder, _ = load_encoder(None, recipe, random_init=True)
+    need = probe_module.cache_bytes(encoder, 16)  # 8 train + 8 eval clips, float32
+    monkeypatch.setattr(probe_module, "available_memory_bytes", lambda: 2 * need)
+    cached = run()
+    monkeypatch.setattr(probe_module, "available_memory_bytes", lambda: 2 * need - 1)
+    streamed = run()
+    assert (cached.features, streamed.features) == ("cache", "stream")
+    assert streamed.eval_confusion == cached.eval_confusion and streamed.num_eval == cached.num_eval == 8
+
+
+def test_a_bfloat16_cache_is_half_the_size_and_close(labeled):
+    root, sets, _ = labeled
+    encoder, recipe = load_encoder(None, load_recipe("recipes/iv2_stage1_tiny.yaml"), random_init=True)
+    full, _ = encode_set(encoder, recipe, str(sets["eval"]))
+    half, _ = encode_set(encoder, recipe, str(sets["eval"]), dtype=torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and half.nbytes * 2 == full.nbytes
+    assert full.nbytes == probe_module.cache_bytes(encoder, 8)
+    torch.testing.assert_close(half.float(), full, atol=2e-2, rtol=1e-2)
+    with pytest.raises(ValueError, match="--cache-dtype must be one of"):
+        run_probe(str(sets["train"]), str(sets["eval"]), recipe=recipe, random_init=True, cache_dtype="int8")
 
 
 def test_batched_encoding_matches_one_clip_at_a_time(labeled):

@@ -113,6 +113,11 @@ class ShardIndex:
         return json.loads(raw) if raw else {}
 
 
+def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of ids 0..n-1 in `epoch` of a shuffled stream (the attentive probe's cache uses it too)."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
 class ClipStream(IterableDataset):
     """An endless, position-addressable stream of batches for one rank."""
 
@@ -137,9 +142,7 @@ class ClipStream(IterableDataset):
                 "shard_names_sha256": hashlib.sha256(names).hexdigest()[:16]}
 
     def epoch_order(self, epoch: int) -> np.ndarray:
-        ids = np.arange(len(self.index))
-        if self.cfg.shuffle:
-            ids = np.random.default_rng([self.seed, epoch]).permutation(ids)
+        ids = epoch_permutation(len(self.index), self.seed, epoch) if self.cfg.shuffle else np.arange(len(self.index))
         return ids[self.rank::self.world][:self.per_rank]
 
     def load(self, sample_id: int, epoch: int) -> tuple[torch.Tensor, dict]:
