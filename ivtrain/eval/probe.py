@@ -7,7 +7,7 @@ written with labels included).
 
 Where the tokens live is the one choice that matters at scale. `cache` encodes each set once and
 keeps all its tokens in host memory: fast, and right for small eval sets. At ViT-L size one clip
-is about 6 MB of float32 tokens, so a Kinetics-sized train set would need terabytes; `stream`
+is 8.4 MB of float32 tokens (2049 x 1024), so a Kinetics-sized train set needs terabytes; `stream`
 (what V-JEPA's frozen evaluation does) encodes each minibatch afresh, holds one batch, and pays
 one encoder pass per epoch. `auto` caches when the cache fits in half of the memory available
 now, and streams otherwise. Both modes visit the same minibatches in the same order, so on the

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ivtrain.models.flops import patch_embed_flops, transformer_flops
+
 
 def teacher_dtype(setting: str, device: torch.device) -> torch.dtype:
     if setting == "bf16" or (setting == "auto" and device.type == "cuda"):
@@ -33,11 +35,6 @@ def _freeze(model: nn.Module) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     return model
-
-
-def _transformer_flops(tokens: int, dim: int, mlp: int, depth: int) -> float:
-    """Forward FLOPs (2 per multiply-add) of `depth` pre-norm blocks: qkv + output projection, MLP, attention."""
-    return float(depth * (2 * tokens * (4 * dim * dim + 2 * dim * mlp) + 4 * tokens * tokens * dim))
 
 
 def saved_normalization(path: Path) -> tuple[list[float], list[float]] | None:
@@ -121,9 +118,9 @@ class SemanticTeacher(nn.Module, abc.ABC):
 
     def flops_per_sample(self, frames: int) -> float:
         patches = (self.image_size // self.patch_size) ** 2
-        embed = 2 * patches * 3 * self.patch_size ** 2 * self.hidden_size
-        return frames * (embed + _transformer_flops(patches + int(self.has_cls), self.hidden_size, self.mlp_size,
-                                                    self.depth))
+        embed = patch_embed_flops(patches, self.patch_size, 1, self.hidden_size)
+        return frames * (embed + transformer_flops(patches + int(self.has_cls), self.hidden_size, self.mlp_size,
+                                                   self.depth))
 
 
 class HFSemanticTeacher(SemanticTeacher):
@@ -261,8 +258,8 @@ class MotionTeacher(nn.Module):
 
     def flops_per_sample(self) -> float:
         tokens = (self.num_frames // self.tubelet_size) * (self.image_size // self.patch_size) ** 2
-        embed = 2 * tokens * 3 * self.tubelet_size * self.patch_size ** 2 * self.hidden_size
-        return embed + _transformer_flops(tokens, self.hidden_size, self.mlp_size, self.depth)
+        embed = patch_embed_flops(tokens, self.patch_size, self.tubelet_size, self.hidden_size)
+        return embed + transformer_flops(tokens, self.hidden_size, self.mlp_size, self.depth)
 
 
 def save_tiny_clip_teacher(path: str | Path, image_size: int = 32, patch_size: int = 8, hidden: int = 48,

@@ -19,6 +19,7 @@ import torch.utils.checkpoint as activation_checkpoint
 
 from ivtrain.config import ViTConfig
 from ivtrain.models.attention import attention, resolve_backend
+from ivtrain.models.flops import patch_embed_flops, transformer_flops
 
 # (img_size, patch, frames, dim, depth, heads, mlp_dim, pool_heads, pool_out_dim)
 PRESETS = {
@@ -278,13 +279,12 @@ class InternVideo2(nn.Module):
     def flops_per_sample(self, num_tokens: int | None = None) -> float:
         """Forward FLOPs for one clip (2 per multiply-add) at `num_tokens` tokens (+ CLS)."""
         n = (num_tokens if num_tokens is not None else self.num_patches) + 1
-        d, m = self.cfg.embed_dim, self.cfg.mlp_dim
-        per_block = 2 * n * (3 * d * d + d * d + 2 * d * m) + 2 * 2 * n * n * d
-        p = self.cfg.patch_size
-        embed = 2 * self.num_patches * 3 * self.cfg.tubelet_size * p * p * d
+        d = self.cfg.embed_dim
+        blocks = transformer_flops(n, d, self.cfg.mlp_dim, self.depth)
+        embed = patch_embed_flops(self.num_patches, self.cfg.patch_size, self.cfg.tubelet_size, d)
         # attention pooling: k, v over every token, one query, one output projection
         pool = 2 * n * 2 * d * d + 2 * 2 * n * d + 2 * d * d + 2 * d * self.clip_projector.cross_attn.proj.out_features
-        return float(self.depth * per_block + embed + pool)
+        return float(blocks + embed + pool)
 
 
 def _init_weights(m: nn.Module) -> None:
