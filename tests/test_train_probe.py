@@ -161,6 +161,9 @@ def test_cuda_bf16_features_match_cpu(labeled):
     assert cosine.min() > 0.99, cosine.min()
     res = run_probe(str(sets["train"]), str(sets["eval"]), recipe=recipe, random_init=True, epochs=40, device="cuda")
     assert res.train_accuracy >= 0.75
+    streamed = run_probe(str(sets["train"]), str(sets["eval"]), recipe=recipe, random_init=True, epochs=40,
+                         device="cuda", features="stream")  # tokens never leave the GPU
+    assert streamed.features == "stream" and streamed.num_eval == 8 and streamed.train_accuracy >= 0.75
 
 
 def test_a_run_trained_with_flash_attention_is_probed_where_there_is_none(labeled):
