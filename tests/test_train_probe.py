@@ -107,7 +107,7 @@ def test_streamed_tokens_train_the_same_probe_as_cached_ones(labeled):
         torch.testing.assert_close(pb, pa, atol=1e-4, rtol=1e-3)
 
 
-def test_auto_streams_when_the_cache_would_not_fit(labeled, monkeypatch):
+def test_auto_streams_when_the_cache_would_not_fit(labeled, monkeypatch, capsys):
     root, sets, _ = labeled
     recipe = load_recipe("recipes/iv2_stage1_tiny.yaml")
     run = lambda: run_probe(str(sets["train"]), str(sets["eval"]), recipe=recipe, random_init=True, epochs=2)  # noqa: E731
@@ -118,6 +118,7 @@ def test_auto_streams_when_the_cache_would_not_fit(labeled, monkeypatch):
     monkeypatch.setattr(probe_module, "available_memory_bytes", lambda: 2 * need - 1)
     streamed = run()
     assert (cached.features, streamed.features) == ("cache", "stream")
+    assert "streaming, one encoder pass over the train set for each of 2 epochs" in capsys.readouterr().err
     assert streamed.eval_confusion == cached.eval_confusion and streamed.num_eval == cached.num_eval == 8
 
 

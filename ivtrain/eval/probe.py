@@ -16,6 +16,7 @@ same data they train the same probe.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -243,7 +244,13 @@ def run_probe(train_shards: str, eval_shards: str, run_dir: str | Path | None = 
     dtype = CACHE_DTYPES[cache_dtype]
     encoder, recipe = load_encoder(run_dir, recipe, random_init, seed)
     train_index, eval_index = (ShardIndex(resolve_shards(s)) for s in (train_shards, eval_shards))
-    mode = choose_features(features, cache_bytes(encoder, len(train_index) + len(eval_index), dtype))
+    need = cache_bytes(encoder, len(train_index) + len(eval_index), dtype)
+    mode = choose_features(features, need)
+    if features == "auto" and mode == "stream":  # say why this run costs an encoder pass per epoch
+        print(f"probe: the {cache_dtype} tokens of {len(train_index) + len(eval_index)} clips need "
+              f"{need / 2**30:.1f} GiB, more than half the {available_memory_bytes() / 2**30:.1f} GiB free: "
+              f"streaming, one encoder pass over the train set for each of {epochs} epochs "
+              f"(--cache-dtype bfloat16 halves the cache)", file=sys.stderr)
     probe_batch = min(PROBE_BATCH, len(train_index))
     if mode == "cache":
         train_x, train_labels = encode_set(encoder, recipe, train_shards, batch_size, dev, dtype, train_index)
