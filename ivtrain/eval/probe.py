@@ -11,7 +11,8 @@ is 8.4 MB of float32 tokens (2049 x 1024), so a Kinetics-sized train set needs t
 (what V-JEPA's frozen evaluation does) encodes each minibatch afresh, holds one batch, and pays
 one encoder pass per epoch. `auto` caches when the cache fits in half of the memory available
 now, and streams otherwise. Both modes visit the same minibatches in the same order, so on the
-same data they train the same probe.
+same data they train the same probe (when every clip decodes: a skipped clip shifts the cache's
+rows against the stream's sample ids, so the two orders part from there).
 """
 from __future__ import annotations
 
