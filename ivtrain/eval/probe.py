@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ivkit.progress import progress
 from ivkit.typed_yaml import build
-from ivtrain.config import DataConfig, Recipe, load_recipe
+from ivtrain.config import DataConfig, Recipe
 from ivtrain.data.shards import ShardIndex, epoch_permutation, make_loader, resolve_shards
 from ivtrain.data.transforms import normalize
 from ivtrain.devices import pick_device
@@ -271,7 +271,3 @@ def run_probe(train_shards: str, eval_shards: str, run_dir: str | Path | None = 
     train_confusion = confusion(probe, train_set, len(classes))
     return ProbeResult(accuracy_of(train_confusion), accuracy_of(eval_confusion), classes,
                        sum(map(sum, train_confusion)), sum(map(sum, eval_confusion)), eval_confusion, mode)
-
-
-def probe_from_recipe(recipe_path: str | Path, overrides: list[str]) -> Recipe:
-    return load_recipe(recipe_path, overrides)
