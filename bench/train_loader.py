@@ -6,7 +6,7 @@
    16 indices, no transforms) in one process.
    overhead ratio = raw clips/s / loader clips/s per worker.
 2. Step time of the stage-1 objective, split into teachers (no-grad forward of both teachers + mask)
-   and student (forward + backward + AdamW step through DeepSpeed ZeRO-1, as the trainer runs it: bf16
+   and student (forward + backward + AdamW step through DeepSpeed ZeRO-1 or --zero N, as the trainer runs it: bf16
    weights with fp32 master weights on CUDA, fp32 on CPU), with the FLOP count of each: the tiny recipe on CPU,
    and with --sizes b,l ViT-B and ViT-L students with ViT-B-shaped teachers (random weights), each in
    its own process so that its peak memory is its own. Utilization is reported against two
@@ -15,7 +15,7 @@
 3. With --cuda: host-to-GPU time of one batch of clips, uint8 pinned / uint8 pageable (normalized on the
    GPU) against float32 pinned (normalized in the workers, as before).
 
-Usage: python bench/train_loader.py [--clips N] [--cuda] [--sizes b,l] [--batch B] [--steps S] [--out F]
+Usage: python bench/train_loader.py [--clips N] [--cuda] [--sizes b,l] [--batch B] [--steps S] [--zero N] [--out F]
   --cuda          ViT-B and ViT-L on the GPU (default batch 8)
   --sizes b,l     the same on CPU (default batch 1): slow, but runs the real-size path end to end
 """
@@ -166,7 +166,8 @@ def bench_step(size: str, device: str, steps: int, work: Path, batch: int, zero:
         clip, mae = work / "clip", work / "mae"
         sets, recipe_path = [f"model.size={size}"], ROOT / "recipes/iv2_stage1_b.yaml"
     dev = torch.device(device)
-    # as the trainer runs: DeepSpeed ZeRO (the recipes' stage 1 unless asked), bf16 weights with fp32 master weights on CUDA, fp32 on CPU
+    # as the trainer runs: DeepSpeed ZeRO (the recipes' stage 1 unless asked), bf16 weights with fp32 master
+    # weights on CUDA, fp32 on CPU
     recipe = load_recipe(recipe_path, sets + [f"teachers.semantic.path={clip}", f"teachers.motion.path={mae}",
                                               "loss.align_layers=2", f"data.batch_size={batch}",
                                               f"train.device={dev.type}", f"train.bf16={dev.type == 'cuda'}",

@@ -216,12 +216,12 @@ def available_memory_bytes() -> int:
     return psutil.virtual_memory().available
 
 
-def choose_features(mode: str, need_bytes: int) -> str:
+def choose_features(mode: str, need_bytes: int, free_bytes: int) -> str:
     if mode not in ("auto", "cache", "stream"):
         raise ValueError(f"--features must be auto, cache or stream, got {mode!r}")
     if mode != "auto":
         return mode
-    return "cache" if need_bytes <= available_memory_bytes() // 2 else "stream"
+    return "cache" if need_bytes <= free_bytes // 2 else "stream"
 
 
 def class_lookup(train_labels: list, eval_labels: list) -> tuple[list, dict]:
@@ -246,10 +246,11 @@ def run_probe(train_shards: str, eval_shards: str, run_dir: str | Path | None = 
     encoder, recipe = load_encoder(run_dir, recipe, random_init, seed)
     train_index, eval_index = (ShardIndex(resolve_shards(s)) for s in (train_shards, eval_shards))
     need = cache_bytes(encoder, len(train_index) + len(eval_index), dtype)
-    mode = choose_features(features, need)
+    free = available_memory_bytes()
+    mode = choose_features(features, need, free)
     if features == "auto" and mode == "stream":  # say why this run costs an encoder pass per epoch
         print(f"probe: the {cache_dtype} tokens of {len(train_index) + len(eval_index)} clips need "
-              f"{need / 2**30:.1f} GiB, more than half the {available_memory_bytes() / 2**30:.1f} GiB free: "
+              f"{need / 2**30:.1f} GiB, more than half the {free / 2**30:.1f} GiB free: "
               f"streaming, one encoder pass over the train set for each of {epochs} epochs "
               f"(--cache-dtype bfloat16 halves the cache)", file=sys.stderr)
     probe_batch = min(PROBE_BATCH, len(train_index))
