@@ -106,8 +106,8 @@ class TrainConfig:
     tensorboard: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
     resume: bool = True              # continue from the newest checkpoint in out_dir when there is one
-    allow_data_change: bool = False  # resume although batch size, seed or shards differ from the checkpoint's
-                                     # (the run then goes on at the same batch number of the new order)
+    allow_data_change: bool = False  # resume although the seed, shuffle or shards differ from the checkpoint's
+                                     # (the run then goes on at the same sample position of the new order)
     peak_tflops: float = 0.0         # per-device peak for MFU; 0: known CUDA devices only (no MFU on CPU)
     export: bool = True              # write student.safetensors (plain weights) at the end
     max_nonfinite_in_a_row: int = 50  # this many NaN/inf micro batches in a row stop the run (bad teacher, diverged)

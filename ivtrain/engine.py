@@ -2,7 +2,14 @@
 
 It knows nothing about stages: an objective hands it a trainable module and a `prepare` step
 (see ivtrain.objectives). Resume restores model, optimizer, LR schedule (DeepSpeed checkpoint),
-and per rank the RNG states and the data position (the number of the next batch).
+per rank the RNG states, and the data position (a sample position, ivtrain.data.shards).
+
+A checkpoint written by another number of processes is resumed too: its ZeRO-partitioned optimizer
+state goes through DeepSpeed's universal checkpoint (converted once, beside the checkpoint), and the
+sample position names the same clips under any world size. The clips' masks come from per-clip
+seeds, so when the global batch (batch_size x grad_accum x world) is kept, the resumed run computes
+the same losses as one that never changed world size; the per-rank RNG streams (stochastic depth)
+start afresh from (seed, step, rank), as they cannot be split or merged.
 """
 from __future__ import annotations
 
@@ -44,9 +51,10 @@ def setup_distributed(device: torch.device) -> tuple[int, int, int]:
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
 
 
-def deepspeed_config(recipe: Recipe, world: int) -> dict:
+def deepspeed_config(recipe: Recipe, world: int, load_universal: bool = False) -> dict:
     tc = recipe.train
     return {
+        "checkpoint": {"load_universal": load_universal},
         "train_micro_batch_size_per_gpu": recipe.data.batch_size,
         "gradient_accumulation_steps": tc.grad_accum,
         "train_batch_size": recipe.data.batch_size * tc.grad_accum * world,
@@ -136,7 +144,56 @@ class MetricsSink:
 
 
 class ResumeError(RuntimeError):
-    """The checkpoint in out_dir cannot be continued exactly by this run (other world size or data order)."""
+    """The checkpoint in out_dir cannot be continued exactly by this run (other data order, broken checkpoint)."""
+
+
+def convert_to_universal(tag_dir: Path, out_dir: Path) -> None:
+    """DeepSpeed's ds_to_universal on one checkpoint tag: every parameter's fp32 weights and optimizer moments,
+    whole, so that any world size can partition them afresh. Written to a temporary folder and renamed, so a
+    crash mid-conversion leaves nothing that looks complete."""
+    import subprocess
+    import sys
+
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    proc = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                           str(tag_dir), "--output_folder", str(tmp), "--inject_missing_state"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ResumeError(f"converting {tag_dir} to a universal checkpoint failed:\n{proc.stdout[-2000:]}"
+                          f"{proc.stderr[-2000:]}")
+    tmp.rename(out_dir)
+
+
+def mend_zero3_universal_load(optimizer: torch.optim.Optimizer, universal_tag_dir: Path) -> None:
+    """Undo two faults of DeepSpeed's (0.19) ZeRO-3 universal load with several parameter groups (we have two or
+    more: weight decay on or off, and layer-wise lr scales). It gives every group the first group's
+    hyperparameters, and it hands every group's state one shared `step` tensor, which AdamW then increments
+    once per group per step, so the later groups' bias correction runs ahead. Measured on a two-group model:
+    the biases drift by 1e-4 in the first step after the load; with the mend, the losses are those of the
+    uninterrupted run."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    with torch.serialization.safe_globals([ZeroStageEnum, LossScaler]):  # the two classes DeepSpeed pickles there
+        saved = torch.load(universal_tag_dir / "zero" / "optimizer_state.pt", weights_only=True)
+    groups = saved["optimizer_state_dict"]["param_groups"]
+    if len(groups) != len(optimizer.param_groups):
+        raise ResumeError(f"{universal_tag_dir} holds {len(groups)} optimizer parameter groups, this run "
+                          f"{len(optimizer.param_groups)}")
+    for group, want in zip(optimizer.param_groups, groups):
+        group.update({k: v for k, v in want.items() if k != "params"})
+    for state in optimizer.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()
+
+
+def position_from_batch_number(batch_number: int, plan: dict) -> int:
+    """Checkpoints from before sample positions stored the number of the next batch under their own world size
+    and batch size (kept in their plan); the sample position it stood for."""
+    per_epoch = (plan["samples"] // plan["world"]) // plan["batch_size"]
+    epoch, b = divmod(batch_number, per_epoch)
+    return epoch * plan["samples"] + b * plan["batch_size"] * plan["world"]
 
 
 def plan_differences(saved: dict, current: dict) -> list[str]:
@@ -171,16 +228,19 @@ class Trainer:
                                       betas=tuple(recipe.optim.betas), eps=recipe.optim.eps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, tc.steps, recipe.optim))
+        latest = self._latest_checkpoint() if tc.resume else None
+        universal = latest is not None and latest[1] != self.world and self._partitioned(latest[0])
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                                    config=deepspeed_config(recipe, self.world))
+                                                    config=deepspeed_config(recipe, self.world, universal))
         torch.manual_seed(tc.seed * 1000 + self.rank + 1)
         self.step = 0
         self.data_position = 0
         self.counters = {"skipped_samples": 0, "nonfinite_steps": 0, "skipped_updates": 0}
         self.data_plan: dict = {}
+        self.samples_per_epoch = 0
         self.checkpoint_plan: dict | None = None   # the data plan of the checkpoint resumed from
-        if tc.resume:
-            self._resume()
+        if latest is not None:
+            self._resume(*latest, universal)
         flops = self.objective.flops_per_sample()
         self.flops_per_sample = flops
         self.peak = peak_flops(recipe, self.device)
@@ -198,8 +258,8 @@ class Trainer:
         # before them: DeepSpeed's last act is to point `latest` at the tag, so a kill at any moment
         # leaves `latest` naming a complete checkpoint
         (self.ckpt_dir / tag).mkdir(parents=True, exist_ok=True)
-        torch.save({"data_position": self.data_position, "rng": rng_state(), "step": self.step,
-                    "data_plan": self.data_plan},
+        torch.save({"data_position": self.data_position, "position_unit": "sample", "rng": rng_state(),
+                    "step": self.step, "data_plan": self.data_plan, "global_batch": self.global_batch()},
                    self.ckpt_dir / tag / f"rank{self.rank:03d}_state.pt")
         dist.barrier()
         self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=state)
@@ -208,32 +268,70 @@ class Trainer:
             tags = sorted(p for p in self.ckpt_dir.glob("step*") if p.is_dir())
             for old in tags[:-max(1, self.recipe.train.keep_last)]:
                 shutil.rmtree(old)
+            # a conversion for another world size has served once this world has a checkpoint of its own
+            shutil.rmtree(self.ckpt_dir / "universal", ignore_errors=True)
         dist.barrier()
 
-    def _resume(self) -> None:
+    def global_batch(self) -> int:
+        return self.recipe.data.batch_size * self.recipe.train.grad_accum * self.world
+
+    def _latest_checkpoint(self) -> tuple[Path, int] | None:
+        """(tag dir named by `latest`, how many processes wrote it), or None for a fresh run."""
         if not (self.ckpt_dir / "latest").exists():
-            return
-        tag = (self.ckpt_dir / "latest").read_text().strip()
-        written_by = len(list((self.ckpt_dir / tag).glob("rank*_state.pt")))
-        rank_file = self.ckpt_dir / tag / f"rank{self.rank:03d}_state.pt"
-        # checked before DeepSpeed loads anything: each rank's data order and ZeRO partition belong to
-        # the world size that wrote them, so another world size cannot continue the run exactly
-        if written_by != self.world:
-            raise ResumeError(f"{self.ckpt_dir / tag} was written by {written_by} process(es); this run has "
-                              f"{self.world}. Resume with {written_by}, or start a new train.out_dir")
+            return None
+        tag_dir = self.ckpt_dir / (self.ckpt_dir / "latest").read_text().strip()
+        written_by = len(list(tag_dir.glob("rank*_state.pt")))
+        if written_by == 0:
+            raise ResumeError(f"{tag_dir} holds no rank*_state.pt: the checkpoint is incomplete")
+        return tag_dir, written_by
+
+    @staticmethod
+    def _partitioned(tag_dir: Path) -> bool:
+        # ZeRO 1-3 (and the bf16 optimizer) write optimizer state per rank; ZeRO 0 in fp32 writes it whole
+        return any(tag_dir.glob("*optim_states.pt"))
+
+    def _resume(self, tag_dir: Path, written_by: int, universal: bool) -> None:
+        tag = tag_dir.name
+        same_world = written_by == self.world
+        rank_file = tag_dir / f"rank{self.rank if same_world else 0:03d}_state.pt"
         if not rank_file.exists():
-            raise ResumeError(f"{rank_file} missing: the checkpoint {self.ckpt_dir / tag} is incomplete")
-        path, client = self.engine.load_checkpoint(str(self.ckpt_dir))
+            raise ResumeError(f"{rank_file} missing: the checkpoint {tag_dir} is incomplete")
+        load_dir = self.ckpt_dir
+        if universal:
+            load_dir = self.ckpt_dir / "universal"
+            if self.rank == 0 and not (load_dir / tag).exists():
+                print(f"{tag} was written by {written_by} process(es), this run has {self.world}: converting it "
+                      "to a universal checkpoint", flush=True)
+                load_dir.mkdir(exist_ok=True)
+                convert_to_universal(tag_dir, load_dir / tag)
+            dist.barrier()
+        path, client = self.engine.load_checkpoint(str(load_dir), tag=tag)
         if path is None:
-            raise ResumeError(f"could not load the checkpoint named in {self.ckpt_dir / 'latest'}")
+            raise ResumeError(f"could not load the checkpoint {tag_dir}")
+        if universal and self.recipe.train.zero_stage == 3:
+            mend_zero3_universal_load(self.engine.optimizer.optimizer, load_dir / tag)
         state = torch.load(rank_file, weights_only=True)
         self.checkpoint_plan = state.get("data_plan")
         self.step = int(client["step"])
         self.counters = {**self.counters, **client.get("counters", {})}
         self.data_position = int(state["data_position"])
-        set_rng_state(state["rng"])
+        if state.get("position_unit") != "sample" and self.checkpoint_plan:
+            self.data_position = position_from_batch_number(self.data_position, self.checkpoint_plan)
+        if self.checkpoint_plan:  # world size and batch size are no longer part of what a position means
+            self.checkpoint_plan = {k: v for k, v in self.checkpoint_plan.items() if k not in ("world", "batch_size")}
+        if same_world:
+            set_rng_state(state["rng"])
+        else:  # one stream per rank cannot be split or merged: new ranks draw afresh, seeded by the step
+            torch.manual_seed(self.recipe.train.seed * 1000 + self.rank + 1 + 1_000_003 * self.step)
         if self.rank == 0:
             print(f"resumed from {tag}: step {self.step}, data position {self.data_position}", flush=True)
+            before = state.get("global_batch")
+            if not same_world:
+                print(f"resumed on {self.world} process(es) what {written_by} wrote"
+                      + (" (via its universal checkpoint)" if universal else ""), flush=True)
+            if before is not None and before != self.global_batch():
+                print(f"warning: the global batch changes from {before} to {self.global_batch()} clips per step "
+                      "(data.batch_size x train.grad_accum x processes); the LR schedule counts steps", flush=True)
 
     def export(self) -> Path | None:
         """Plain safetensors of the trainable weights (rank 0)."""
@@ -254,7 +352,7 @@ class Trainer:
         """Next batch with at least one clip; empty ones (all samples corrupt) only advance the position."""
         while True:
             batch = next(batches)
-            self.data_position = batch["batch_number"] + 1
+            self.data_position = batch["position"]
             self.counters["skipped_samples"] += batch["skipped"]
             if batch["video"] is not None:
                 return batch
@@ -285,8 +383,9 @@ class Trainer:
     def train(self) -> dict:
         tc, recipe = self.recipe.train, self.recipe
         loader, stream = make_loader(recipe.data, seed=tc.seed, rank=self.rank, world=self.world,
-                                     start_batch=self.data_position, pin_memory=self.device.type == "cuda")
+                                     start=self.data_position, pin_memory=self.device.type == "cuda")
         self.data_plan = stream.plan()
+        self.samples_per_epoch = len(stream.index)
         self._check_data_plan()
         batches = iter(loader)
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
@@ -320,10 +419,10 @@ class Trainer:
         if not self.recipe.train.allow_data_change:
             raise ResumeError("the data order differs from the checkpoint's, so this run would not continue it "
                               "exactly:\n  " + "\n  ".join(differences) +
-                              "\nRestore those settings, or set train.allow_data_change=true to go on at batch "
-                              f"{self.data_position} of the new order")
+                              "\nRestore those settings, or set train.allow_data_change=true to go on at sample "
+                              f"position {self.data_position} of the new order")
         if self.rank == 0:
-            print("warning: train.allow_data_change: going on at batch "
+            print("warning: train.allow_data_change: going on at sample position "
                   f"{self.data_position} of a new data order (" + "; ".join(differences) + ")", flush=True)
 
     def _on_sigterm(self, signum, frame):  # finish the current step, checkpoint, exit
@@ -389,6 +488,7 @@ class Trainer:
             "nonfinite_steps": self.counters["nonfinite_steps"],
             "skipped_updates": self.counters["skipped_updates"],
             "data/position": self.data_position,
+            "data/epoch": self.data_position / self.samples_per_epoch,
         })
         return out
 

@@ -96,7 +96,7 @@ def collect(loader, n):
 def test_batches_skip_and_count_corrupt_samples(shards):
     loader, stream = make_loader(config(shards), epochs=1)
     batches = list(loader)
-    assert len(batches) == stream.batches_per_epoch == 6
+    assert len(batches) == stream.segment(0)[1] == 6
     assert sum(b["skipped"] for b in batches) == 1
     assert sum(len(b["keys"]) for b in batches) == 11
     assert "clip00005" not in [k for b in batches for k in b["keys"]]
@@ -109,7 +109,7 @@ def test_evaluation_keeps_the_partial_last_batch(shards):
     # 12 samples in batches of 5: training drops the last 2 (every step the same size); evaluation keeps them
     _, train_stream = make_loader(config(shards, batch_size=5, shuffle=False), epochs=1)
     loader, stream = make_loader(config(shards, batch_size=5, shuffle=False, train=False), epochs=1, keep_last=True)
-    assert train_stream.batches_per_epoch == 2 and stream.batches_per_epoch == 3
+    assert train_stream.segment(0)[1] == 2 and stream.segment(0)[1] == 3
     batches = list(loader)
     assert [len(b["keys"]) + b["skipped"] for b in batches] == [5, 5, 2]
     seen = [k for b in batches for k in b["keys"]]
@@ -126,9 +126,11 @@ def test_loader_pins_batches_for_a_cuda_consumer(shards):
 def test_workers_and_resume_reproduce_the_same_stream(shards):
     reference = collect(make_loader(config(shards))[0], 9)  # crosses an epoch boundary
     two_workers = collect(make_loader(config(shards, num_workers=2))[0], 9)
-    resumed = collect(make_loader(config(shards, num_workers=2), start_batch=4)[0], 5)
+    assert [b["position"] for b in reference] == [2, 4, 6, 8, 10, 12, 14, 16, 18]  # 12 clips: the epoch ends at 12
+    resumed = collect(make_loader(config(shards, num_workers=2), start=reference[3]["position"])[0], 5)
     for got, want in zip(two_workers, reference):
-        assert got["keys"] == want["keys"] and got["batch_number"] == want["batch_number"]
+        assert got["keys"] == want["keys"] and got["position"] == want["position"]
+        assert got["clip_seeds"] == want["clip_seeds"] and len(set(got["clip_seeds"])) == len(got["keys"])
         assert (got["video"] is None and want["video"] is None) or torch.equal(got["video"], want["video"])
     for got, want in zip(resumed, reference[4:]):
         assert got["keys"] == want["keys"]
@@ -145,3 +147,39 @@ def test_ranks_get_disjoint_samples(shards):
         loader, stream = make_loader(config(shards), rank=rank, world=2, epochs=1)
         keys.append({k for b in loader for k in b["keys"]})
     assert not keys[0] & keys[1]
+
+
+def test_a_position_names_the_same_clips_under_any_world_size_and_batch_size(videos, tmp_path):
+    """Two ranks of 2 stop after 2 steps; one rank of 2 resumes at that sample position; then two ranks of 1.
+    Together they see every clip of the epoch that the ranks can share evenly, none twice, and each global step
+    holds exactly the clips of the same step of a run that never changed (when its global batch is the same)."""
+    paths, labels = videos
+    shards = train_synthetic.write_shards(paths, tmp_path, "clean", labels, per_shard=5)  # 12 clips, none corrupt
+    n = 12
+
+    def step_keys(world, batch_size, start, steps):
+        per_rank = [collect(make_loader(config(shards, batch_size=batch_size, train=False), rank=r, world=world,
+                                        start=start, epochs=1)[0], steps) for r in range(world)]
+        positions = {b["position"] for rank in per_rank for b in rank[-1:]}
+        assert len(positions) == 1  # every rank agrees on where the run stands
+        return [sorted(k for rank in per_rank for k in rank[i]["keys"]) for i in range(steps)], positions.pop()
+
+    first, position = step_keys(2, 2, 0, 2)
+    assert position == 8
+    second, position = step_keys(1, 2, position, 1)
+    assert position == 10
+    third, position = step_keys(2, 1, position, 1)
+    assert position == n  # the end of the epoch: the next one starts afresh
+    # a batch of 3 from 8 is the epoch's last: the one clip left over is dropped, as at the end of any epoch
+    assert step_keys(1, 3, 8, 1)[1] == n
+    seen = [k for step in first + second + third for k in step]
+    assert len(seen) == len(set(seen)) == n
+
+    # the same global batch (4 = 2 ranks x 2 = 1 rank x 4) gives the same clips at every step
+    one_rank, _ = step_keys(1, 4, 0, 3)
+    two_ranks, _ = step_keys(2, 2, 0, 2)
+    resumed, _ = step_keys(1, 4, 8, 1)
+    assert two_ranks + resumed == one_rank
+    # a position at the end of an epoch's shareable part moves on to the next epoch
+    _, stream = make_loader(config(shards, batch_size=2), world=2, start=10)
+    assert next(stream.batches())[0] == 1

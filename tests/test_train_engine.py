@@ -1,5 +1,6 @@
 """`iv train` end to end on CPU: real shards of real mp4s, tiny teachers, DeepSpeed (gloo),
-one process and two (torchrun), ZeRO 0-3, gradient accumulation, and exact resume after a SIGKILL or a SIGTERM;
+one process and two (torchrun), ZeRO 0-3, gradient accumulation, exact resume after a SIGKILL or a SIGTERM,
+and on another number of processes;
 where CUDA is present, DeepSpeed bf16 on the GPU (NCCL) with a resume."""
 import csv
 import json
@@ -104,7 +105,8 @@ def test_one_process_zero1_resumes_exactly_after_sigkill(setup, straight, tmp_pa
     for key in ("samples_per_s", "step_time_s", "time/teachers_s", "time/student_s", "tflops_per_s",
                 "memory_gb", "data/skipped_samples", "nonfinite_steps", "data/position"):
         assert key in last
-    assert last["data/position"] == 6 and reference[1]["lr"] < reference[2]["lr"]  # warmup, then cosine
+    assert last["data/position"] == 12 and last["data/epoch"] == 12 / 16  # 6 steps of 2 of the 16 clips
+    assert reference[1]["lr"] < reference[2]["lr"]  # warmup, then cosine
     assert any((straight / "tensorboard").iterdir())
     assert (straight / "student.safetensors").stat().st_size > 0
 
@@ -212,30 +214,67 @@ def test_two_processes_with_torchrun(setup, tmp_path, zero):
     ckpt = tmp_path / "two" / "checkpoints" / "step00000004"
     assert (ckpt / "rank000_state.pt").exists() and (ckpt / "rank001_state.pt").exists()
     assert len(list(ckpt.glob("zero_pp_rank_*_optim_states.pt"))) == 2  # optimizer state partitioned over 2 ranks
-    if zero == 2:  # one process cannot continue what two wrote: refused before DeepSpeed loads anything
-        proc = run(BASE + overrides(setup, tmp_path / "two", f"train.zero_stage={zero}", "train.steps=6"),
-                   expect_rc=2)
-        assert "was written by 2 process(es); this run has 1" in proc.stderr
-        assert len(losses(tmp_path / "two")) == 4
+
+
+@pytest.mark.parametrize("zero", [2, pytest.param(0, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow)])
+def test_another_world_size_resumes_exactly(setup, tmp_path, zero):
+    """ZeRO 2 (0 and 3 in test-slow; 0 keeps the optimizer whole, so it loads without conversion), a global batch
+    of 4 clips: two ranks of 2 killed after step 3 (checkpoint at 2), one process of 4
+    killed after step 5 (checkpoint at 4), then two ranks again to the end. Each change goes through DeepSpeed's
+    universal checkpoint, the data through the sample position; the losses, lr and final weights are those of one
+    process that ran all six steps."""
+    reference = tmp_path / "reference"
+    run(BASE + overrides(setup, reference, f"train.zero_stage={zero}", "data.batch_size=4"))
+    out = tmp_path / "changing"
+    two = torchrun(29527) + overrides(setup, out, f"train.zero_stage={zero}", "data.batch_size=2", "train.ckpt_every=2")
+    one = BASE + overrides(setup, out, f"train.zero_stage={zero}", "data.batch_size=4", "train.ckpt_every=2")
+    killed = subprocess.run(two + ["--set", "train.debug_kill_at_step=3"], cwd=ROOT, capture_output=True,
+                            env=child_env(), timeout=600)
+    assert killed.returncode != 0
+    proc = run(one + ["--set", "train.debug_kill_at_step=5"], expect_rc=-9)
+    converts = zero > 0
+    assert ("step00000002 was written by 2 process(es), this run has 1: converting it" in proc.stdout) == converts
+    assert "resumed on 1 process(es) what 2 wrote" + (" (via its universal checkpoint)" if converts else "\n") \
+        in proc.stdout
+    assert "global batch changes" not in proc.stdout
+    proc = run(two)
+    assert ("step00000004 was written by 1 process(es), this run has 2: converting it" in proc.stdout) == converts
+    assert not (out / "checkpoints" / "universal").exists()  # removed once this world saved its own
+    records = losses(out)
+    assert [m["step"] for m in records] == [1, 2, 3, 3, 4, 5, 5, 6]
+    assert_same_losses(records, reference)
+    positions = {m["step"]: m["data/position"] for m in losses(reference)}
+    assert [m["data/position"] for m in records] == [positions[m["step"]] for m in records]
+    ours, want = exported(out), exported(reference)
+    for k, v in want.items():
+        torch.testing.assert_close(ours[k], v, rtol=0, atol=1e-5, msg=k)
 
 
 def test_resume_refuses_a_changed_data_order_unless_allowed(setup, straight, tmp_path):
-    """The data position is a batch number: under another batch size (or seed, or shard set) it names other
-    clips, so a resume that changes them is refused, with what changed, unless train.allow_data_change."""
+    """A sample position names other clips under another seed (or shard set), so a resume that changes them
+    is refused, with what changed, unless train.allow_data_change. Another batch size is not a change of order:
+    the run goes on at the same clip, and says that the global batch changed."""
     import shutil
 
     out = tmp_path / "changed"
     shutil.copytree(straight, out)
-    args = BASE + overrides(setup, out, "train.zero_stage=1", "train.steps=8", "data.batch_size=3")
+    args = BASE + overrides(setup, out, "train.zero_stage=1", "train.steps=8", "train.seed=1")
     proc = run(args, expect_rc=2)
     assert "resume error: the data order differs" in proc.stderr
-    assert "batch_size: checkpoint 2, this run 3" in proc.stderr and "seed: checkpoint" not in proc.stderr
+    assert "seed: checkpoint 0, this run 1" in proc.stderr and "samples: checkpoint" not in proc.stderr
     assert [m["step"] for m in losses(out)] == [1, 2, 3, 4, 5, 6]  # nothing trained, nothing logged
     proc = run(args + ["--set", "train.allow_data_change=true"])
-    assert "warning: train.allow_data_change: going on at batch 6" in proc.stdout
+    assert "warning: train.allow_data_change: going on at sample position 12" in proc.stdout
     records = losses(out)
     assert [m["step"] for m in records] == [1, 2, 3, 4, 5, 6, 7, 8]
-    assert records[-1]["data/position"] == 8
+    assert records[-1]["data/position"] == 16
+
+    out = tmp_path / "batch3"
+    shutil.copytree(straight, out)
+    proc = run(BASE + overrides(setup, out, "train.zero_stage=1", "train.steps=8", "data.batch_size=3"))
+    assert "warning: the global batch changes from 2 to 3 clips per step" in proc.stdout
+    # clips 12-14 end the epoch (the 16th cannot fill a batch: dropped); step 8 is the next epoch's first
+    assert [m["data/position"] for m in losses(out)][-2:] == [16, 19]
 
 
 def test_cli_function_one_process_zero2(setup, tmp_path):
@@ -285,7 +324,7 @@ def test_nonfinite_micro_batches_are_skipped_and_counted_and_a_diverged_run_stop
         assert last["nonfinite_steps"] == 2 and len(calls) == 5 and trainer.step == 3
         assert math.isfinite(last["loss"]) and last["skipped_updates"] == 0
         assert all(torch.isfinite(p).all() for p in trainer.engine.module.parameters())
-        assert last["data/position"] == 5  # the dropped batches were consumed, not replayed
+        assert last["data/position"] == 10  # the dropped batches (2 clips each) were consumed, not replayed
 
         trainer.recipe.train.steps = 10
         poison.update(range(6, 100))
@@ -351,3 +390,13 @@ def test_cuda_bf16_zero1_trains_and_resumes(cuda_setup, tmp_path):
         want = reference[m["step"]]
         assert m["lr"] == want["lr"] and m["data/position"] == want["data/position"]
         assert abs(m["loss"] - want["loss"]) <= 0.02 * abs(want["loss"]), (m["step"], m["loss"], want["loss"])
+
+
+def test_a_checkpoint_from_before_sample_positions_resumes_at_the_same_clip():
+    """Older checkpoints stored the next batch number under their world size and batch size: two ranks of 2,
+    16 clips, so 4 batches an epoch; batch 5 is epoch 1's second, after the first 4 of its clips."""
+    from ivtrain.engine import position_from_batch_number
+
+    plan = {"samples": 16, "world": 2, "batch_size": 2}
+    assert [position_from_batch_number(b, plan) for b in (0, 3, 4, 5)] == [0, 12, 16, 20]
+    assert position_from_batch_number(6, {"samples": 13, "world": 1, "batch_size": 2}) == 13  # 6 a epoch: 12, 1 dropped

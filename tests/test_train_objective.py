@@ -6,7 +6,8 @@ import torch
 torch.set_num_threads(1)
 
 from ivtrain.config import load_recipe
-from ivtrain.data.masking import attention_guided_mask, random_mask, tube_mask, visible_per_frame
+from ivtrain.data.masking import (attention_guided_mask, clip_noise, make_mask, random_mask, tube_mask,
+                                  visible_per_frame)
 from ivtrain.data.transforms import normalize
 from ivtrain.models.teachers import save_tiny_clip_teacher, save_tiny_videomae_teacher
 from ivtrain.objectives.iv2_stage1 import IV2Stage1, cosine_distance
@@ -44,6 +45,31 @@ def test_attention_guided_mask_samples_in_proportion_not_top_k():
         counts += attention_guided_mask(weights, 0.75)[0].float()
     assert counts[:4].mean() > 3 * counts[4:].mean()   # favoured in proportion to attention ...
     assert counts[4:].sum() > 0                         # ... yet not top-k: others are drawn too
+
+
+def test_gumbel_top_k_draws_as_sequential_sampling_without_replacement():
+    """Inclusion probabilities of 2 draws from 4 weighted patches, against the exact sequential-draw values."""
+    w = torch.tensor([8.0, 4.0, 2.0, 1.0])
+    total = w.sum()
+    exact = torch.stack([w[i] / total + sum(w[j] / total * w[i] / (total - w[j]) for j in range(4) if j != i)
+                         for i in range(4)])
+    trials = 20000
+    noise = clip_noise(list(range(trials)), (1, 4))
+    visible = attention_guided_mask(w.expand(trials, 1, 4), 0.5, noise)
+    assert torch.all(visible.sum(1) == 2)
+    assert torch.allclose(visible.float().mean(0), exact, atol=0.015), (visible.float().mean(0), exact)
+
+
+@pytest.mark.parametrize("kind", ["attention", "tube", "random"])
+def test_a_clip_seed_gives_its_clip_the_same_mask_in_any_batch(kind):
+    """The loader's per-clip seeds make a clip's mask independent of its batch-mates (and so of the world size)."""
+    attn = torch.rand(3, 4, 16)
+    together = make_mask(kind, 0.75, 3, 4, 16, attn, seeds=[11, 22, 33])
+    alone = make_mask(kind, 0.75, 1, 4, 16, attn[1:2], seeds=[22])
+    shuffled = make_mask(kind, 0.75, 2, 4, 16, attn[[2, 1]], seeds=[33, 22])
+    assert torch.equal(together[1], alone[0]) and torch.equal(together[1], shuffled[1])
+    assert torch.equal(together[2], shuffled[0]) and not torch.equal(together[0], together[1])
+    assert torch.all(together.sum(1) == 4 * visible_per_frame(16, 0.75))
 
 
 def test_cosine_distance():

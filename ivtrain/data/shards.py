@@ -4,13 +4,18 @@ The shard format (docs/ARCHITECTURE.md) is the whole contract: tars whose sample
 + `K.json` (+ optional members), listed by a `.wids.json` index or a `.txt` shard list.
 
 Order and resume. Every sample gets a global id (shard order, then position in the shard).
-Epoch e visits a permutation of the ids drawn from (seed, e); rank r takes every world-th id,
-and consecutive runs of `batch_size` ids form batches. Batches are numbered globally across
-epochs, so the loader's whole position is one integer: the number of the next batch. Worker w
-of n builds batches start+w, start+w+n, ...; the DataLoader hands them out round-robin, which
-restores the global order. Augmentation randomness is drawn from (seed, epoch, sample id), so a
-resumed run sees exactly the same clips, crops and flips. Undecodable samples are dropped from
-their batch and counted (`skipped`).
+Epoch e visits a permutation of the ids drawn from (seed, e). The loader's whole position is one
+integer, the sample position P = e * len(index) + o: the first o ids of epoch e's permutation are
+consumed. From offset o, rank r of W takes every W-th of the remaining ids, and consecutive runs of
+`batch_size` of them form its batches; together the ranks consume the next batch_size * W ids of
+the permutation per step, and the tail that cannot fill a batch on every rank is dropped at the end
+of the epoch. A position therefore names the same clips whatever the world size or batch size, so
+a run resumed on another number of processes, or with another per-rank batch, continues the epoch
+without losing or repeating a clip. Worker w of n builds batches w, w+n, ... of the stream; the
+DataLoader hands them out round-robin, which restores the order. Augmentation randomness (and the
+per-clip seed the objective draws masks from) comes from (seed, epoch, sample id), so a resumed run
+sees exactly the same clips, crops, flips and masks. Undecodable samples are dropped from their
+batch and counted (`skipped`).
 """
 from __future__ import annotations
 
@@ -118,32 +123,55 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
+def clip_seed(seed: int, epoch: int, sample_id: int) -> int:
+    """A 64-bit seed that belongs to one clip in one epoch, whatever rank, batch or worker loads it (masks)."""
+    return int(np.random.SeedSequence([seed, epoch, sample_id, 1]).generate_state(1, np.uint64)[0])
+
+
 class ClipStream(IterableDataset):
-    """An endless, position-addressable stream of batches for one rank."""
+    """An endless stream of batches for one rank, starting at a sample position (module docstring)."""
 
     def __init__(self, index: ShardIndex, cfg: DataConfig, seed: int = 0, rank: int = 0, world: int = 1,
-                 start_batch: int = 0, epochs: int | None = None, keep_last: bool = False):
+                 start: int = 0, epochs: int | None = None, keep_last: bool = False):
         self.index, self.cfg, self.seed = index, cfg, seed
-        self.rank, self.world, self.start_batch, self.epochs = rank, world, start_batch, epochs
-        self.per_rank = len(index) // world
+        self.rank, self.world, self.start, self.epochs = rank, world, start, epochs
         # training drops the partial last batch (every step the same size); evaluation keeps it, so that
         # every clip is seen once
-        self.batches_per_epoch = -(-self.per_rank // cfg.batch_size) if keep_last else self.per_rank // cfg.batch_size
-        if self.batches_per_epoch == 0:
+        self.keep_last = keep_last
+        if self.segment(0)[1] == 0:
             raise ValueError(f"{len(index)} samples cannot fill one batch of {cfg.batch_size} on each of "
                              f"{world} rank(s)")
 
     def plan(self) -> dict:
-        """Everything that decides which clips batch n holds on this rank. A resumed run continues exactly
-        only if its plan equals the checkpoint's (the engine checks)."""
+        """Everything that decides which clips a sample position names. A resumed run continues exactly only
+        if its plan equals the checkpoint's (the engine checks); world size and batch size are not part of it."""
         names = "\n".join(s.name for s in self.index.shards).encode()
-        return {"world": self.world, "batch_size": self.cfg.batch_size, "seed": self.seed,
-                "shuffle": self.cfg.shuffle, "samples": len(self.index), "shards": len(self.index.shards),
-                "shard_names_sha256": hashlib.sha256(names).hexdigest()[:16]}
+        return {"seed": self.seed, "shuffle": self.cfg.shuffle, "samples": len(self.index),
+                "shards": len(self.index.shards), "shard_names_sha256": hashlib.sha256(names).hexdigest()[:16]}
 
-    def epoch_order(self, epoch: int) -> np.ndarray:
+    def segment(self, offset: int) -> tuple[int, int]:
+        """(ids per rank, batches) of an epoch entered at `offset`: the ranks split what is left evenly."""
+        per_rank = (len(self.index) - offset) // self.world
+        b = self.cfg.batch_size
+        return per_rank, (-(-per_rank // b) if self.keep_last else per_rank // b)
+
+    def epoch_order(self, epoch: int, offset: int = 0) -> np.ndarray:
+        """This rank's ids of `epoch` from `offset` on."""
         ids = epoch_permutation(len(self.index), self.seed, epoch) if self.cfg.shuffle else np.arange(len(self.index))
-        return ids[self.rank::self.world][:self.per_rank]
+        per_rank, _ = self.segment(offset)
+        return ids[offset:][self.rank::self.world][:per_rank]
+
+    def batches(self):
+        """(epoch, offset, batch number from that offset, sample position after the batch), from the start on."""
+        n = len(self.index)
+        epoch, offset = divmod(self.start, n)
+        while self.epochs is None or epoch < self.epochs:
+            per_rank, count = self.segment(offset)
+            for b in range(count):
+                consumed = min((b + 1) * self.cfg.batch_size, per_rank) * self.world
+                after = (epoch + 1) * n if b == count - 1 else epoch * n + offset + consumed
+                yield epoch, offset, b, after
+            epoch, offset = epoch + 1, 0
 
     def load(self, sample_id: int, epoch: int) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
@@ -153,13 +181,12 @@ class ClipStream(IterableDataset):
         video = clip_transform(frames, cfg.image_size, cfg.train, cfg.scales, cfg.max_distort, cfg.flip, rng)
         return video, self.index.metadata(sample_id)
 
-    def make_batch(self, batch_number: int, orders: dict) -> dict:
-        epoch, b = divmod(batch_number, self.batches_per_epoch)
-        if epoch not in orders:
+    def make_batch(self, epoch: int, offset: int, b: int, after: int, orders: dict) -> dict:
+        if (epoch, offset) not in orders:
             orders.clear()
-            orders[epoch] = self.epoch_order(epoch)
-        ids = orders[epoch][b * self.cfg.batch_size:(b + 1) * self.cfg.batch_size]
-        videos, keys, labels, skipped = [], [], [], 0
+            orders[epoch, offset] = self.epoch_order(epoch, offset)
+        ids = orders[epoch, offset][b * self.cfg.batch_size:(b + 1) * self.cfg.batch_size]
+        videos, keys, labels, seeds, skipped = [], [], [], [], 0
         for sid in ids.tolist():
             try:
                 video, meta = self.load(sid, epoch)
@@ -169,18 +196,17 @@ class ClipStream(IterableDataset):
             videos.append(video)
             keys.append(self.index.samples[sid].key)
             labels.append(meta.get(self.cfg.label_key))
+            seeds.append(clip_seed(self.seed, epoch, sid))
         return {"video": torch.stack(videos) if videos else None, "keys": keys, "labels": labels,
-                "batch_number": batch_number, "skipped": skipped}
+                "clip_seeds": seeds, "epoch": epoch, "position": after, "skipped": skipped}
 
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        end = None if self.epochs is None else self.epochs * self.batches_per_epoch
-        n = self.start_batch + worker
         orders: dict = {}
-        while end is None or n < end:
-            yield self.make_batch(n, orders)
-            n += workers
+        for i, where in enumerate(self.batches()):
+            if i % workers == worker:
+                yield self.make_batch(*where, orders)
 
 
 def _keep_lists(batch):
@@ -197,12 +223,12 @@ def _outlive_first_sigterm(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, rearm)
 
 
-def make_loader(cfg: DataConfig, seed: int = 0, rank: int = 0, world: int = 1, start_batch: int = 0,
+def make_loader(cfg: DataConfig, seed: int = 0, rank: int = 0, world: int = 1, start: int = 0,
                 epochs: int | None = None, index: ShardIndex | None = None, keep_last: bool = False,
                 pin_memory: bool = False) -> tuple[DataLoader, ClipStream]:
     """pin_memory: for a CUDA consumer, whose `.to(device, non_blocking=True)` is then a direct, asynchronous copy."""
     index = index or ShardIndex(resolve_shards(cfg.shards))
-    stream = ClipStream(index, cfg, seed, rank, world, start_batch, epochs, keep_last)
+    stream = ClipStream(index, cfg, seed, rank, world, start, epochs, keep_last)
     loader = DataLoader(stream, batch_size=None, num_workers=cfg.num_workers, collate_fn=_keep_lists,
                         prefetch_factor=2 if cfg.num_workers > 0 else None, pin_memory=pin_memory,
                         persistent_workers=False, worker_init_fn=_outlive_first_sigterm,

@@ -97,8 +97,7 @@ def encoded_batches(encoder: InternVideo2, data: DataConfig, index: ShardIndex, 
                     seed: int = 0, epoch: int = 0, advance=None):
     """(tokens (B, 1 + N, dim) on `device`, raw labels) for each batch of one pass over `index` in the
     loader's order for (seed, epoch); the last partial batch kept. On CUDA under bf16 autocast."""
-    per_epoch = -(-len(index) // data.batch_size)
-    loader, _ = make_loader(data, seed=seed, start_batch=epoch * per_epoch, epochs=epoch + 1, index=index,
+    loader, _ = make_loader(data, seed=seed, start=epoch * len(index), epochs=epoch + 1, index=index,
                             keep_last=True, pin_memory=device.type == "cuda")
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         for batch in loader:

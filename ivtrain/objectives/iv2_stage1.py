@@ -173,7 +173,7 @@ class IV2Stage1:
         sem = self.semantic(student_video)
         b, t, p = sem.cls_attention.shape
         visible = make_mask(self.recipe.mask.type, self.recipe.mask.ratio, b, t, p,
-                            cls_attention=sem.cls_attention, device=self.device)
+                            cls_attention=sem.cls_attention, device=self.device, seeds=batch.get("clip_seeds"))
         k, _, _, n1, cs = sem.layers.shape
         cls = sem.layers[:, :, :, 0].mean(2, keepdim=True)              # (K, B, 1, C): CLS over frames
         patches = sem.layers[:, :, :, 1:].reshape(k, b, t * p, cs)      # (K, B, N, C) in (t, h, w) order
