@@ -194,14 +194,29 @@ def test_gradient_accumulation_equals_the_larger_batch_and_resumes(setup, straig
 
 
 def test_bf16_training_tracks_fp32(setup, straight, tmp_path):
-    """DeepSpeed bf16 (bf16 weights and activations, fp32 master weights in the optimizer) on CPU."""
-    out = tmp_path / "bf16"
-    run(BASE + overrides(setup, out, "train.zero_stage=1", "train.bf16=true"))
+    """DeepSpeed bf16 (bf16 weights and activations, fp32 master weights in the optimizer) on CPU, under ZeRO 1
+    (the ZeRO optimizer) and ZeRO 0 (DeepSpeed's unfused fp16/bf16 wrapper). The two take the same steps: before
+    `undo_initialization_step`, ZeRO 0's wrapper took a phantom AdamW step at set-up and its losses ran 4.4 %
+    off fp32 by step 6; ZeRO 1's stay within 0.6 %. A killed ZeRO 0 + bf16 run resumes exactly."""
     reference = [m["loss"] for m in losses(straight)]
-    ours = [m["loss"] for m in losses(out)]
-    assert ours != reference and all(math.isfinite(x) for x in ours)
-    assert all(abs(a - b) <= 0.03 * b for a, b in zip(ours, reference)), (ours, reference)
-    assert {v.dtype for v in exported(out).values()} == {torch.bfloat16}
+    runs = {}
+    for zero in (0, 1):
+        out = tmp_path / f"bf16_zero{zero}"
+        run(BASE + overrides(setup, out, f"train.zero_stage={zero}", "train.bf16=true"))
+        runs[zero] = [m["loss"] for m in losses(out)]
+        assert {v.dtype for v in exported(out).values()} == {torch.bfloat16}
+    for ours in runs.values():
+        assert ours != reference and all(math.isfinite(x) for x in ours)
+        assert all(abs(a - b) <= 0.015 * b for a, b in zip(ours, reference)), (ours, reference)
+    assert all(abs(a - b) <= 1e-3 * b for a, b in zip(runs[0], runs[1])), runs
+    # ZeRO 0 + bf16 keeps its optimizer state in the model-states file, and the mend runs before a load
+    out = tmp_path / "bf16_zero0_resumed"
+    args = BASE + overrides(setup, out, "train.zero_stage=0", "train.bf16=true", "train.ckpt_every=3")
+    run(args + ["--set", "train.debug_kill_at_step=4"], expect_rc=-9)
+    assert "resumed from step00000003: step 3" in run(args).stdout
+    records = losses(out)
+    assert [m["step"] for m in records] == [1, 2, 3, 4, 4, 5, 6]
+    assert_same_losses(records, tmp_path / "bf16_zero0")
 
 
 @pytest.mark.parametrize("zero", [2, 3])
