@@ -256,6 +256,7 @@ class Trainer:
         self.step = 0
         self.data_position = 0
         self.counters = {"skipped_samples": 0, "nonfinite_steps": 0, "skipped_updates": 0}
+        self._skipped_this_step = 0   # this rank's, summed over ranks into the counter at the end of a step
         self.data_plan: dict = {}
         self.samples_per_epoch = 0
         self.checkpoint_plan: dict | None = None   # the data plan of the checkpoint resumed from
@@ -373,7 +374,7 @@ class Trainer:
         while True:
             batch = next(batches)
             self.data_position = batch["position"]
-            self.counters["skipped_samples"] += batch["skipped"]
+            self._skipped_this_step += batch["skipped"]
             if batch["video"] is not None:
                 return batch
 
@@ -392,13 +393,13 @@ class Trainer:
         # same step, or one would enter the checkpoint's collectives while another trains on
         return self._all_ranks(self._stop, dist.ReduceOp.MAX)
 
-    def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
+    def _sum_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
         if self.world == 1:
             return values
         keys = sorted(values)
         t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
-        return {k: float(v) / self.world for k, v in zip(keys, t.tolist())}
+        return dict(zip(keys, t.tolist()))
 
     def train(self) -> dict:
         tc, recipe = self.recipe.train, self.recipe
@@ -454,6 +455,7 @@ class Trainer:
         sums: dict[str, float] = {}
         samples, teacher_s, student_s, data_s = 0, 0.0, 0.0, 0.0
         micro, nonfinite_in_a_row = 0, 0
+        self._skipped_this_step = 0
         while micro < tc.grad_accum:
             td = time.perf_counter()
             batch = self._next_batch(batches)
@@ -493,7 +495,12 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + float(v)
             micro += 1
         step_time = time.perf_counter() - t0
-        out = self._mean_over_ranks({k: v / tc.grad_accum for k, v in sums.items()})
+        # each rank skips the corrupt clips of its own share: the count kept (and checkpointed, from rank 0) is
+        # the sum over ranks, so it is the same on every rank and survives a resume on another world size
+        totals = self._sum_over_ranks({**{k: v / tc.grad_accum for k, v in sums.items()},
+                                       "skipped": float(self._skipped_this_step)})
+        self.counters["skipped_samples"] += int(totals.pop("skipped"))
+        out = {k: v / self.world for k, v in totals.items()}
         total_samples = samples * self.world
         fl = self.flops_per_sample
         out.update({

@@ -265,6 +265,27 @@ def test_another_world_size_resumes_exactly(setup, tmp_path, zero):
         torch.testing.assert_close(ours[k], v, rtol=0, atol=1e-5, msg=k)
 
 
+def test_corrupt_clips_are_counted_over_all_ranks_and_across_a_resume(setup, tmp_path):
+    """Two ranks, one epoch of 16 clips of which 3 are corrupt: each rank skips the corrupt clips of its share,
+    and the count logged and checkpointed is the sum over ranks (3), also after a kill and a resume."""
+    rows = list(csv.DictReader(open(setup["root"] / "train.csv")))
+    corrupt = {1, 6, 11}
+    index = train_synthetic.write_shards([Path(r["path"]) for r in rows], tmp_path / "shards", "bad",
+                                         [r["label"] for r in rows], per_shard=8, corrupt=corrupt)
+    out = tmp_path / "run"
+    args = torchrun(29533) + overrides(setup, out, f"data.shards={index}", "train.zero_stage=1", "train.steps=4",
+                                       "train.ckpt_every=2")
+    killed = subprocess.run(args + ["--set", "train.debug_kill_at_step=3"], cwd=ROOT, capture_output=True,
+                            env=child_env(), timeout=600)
+    assert killed.returncode != 0
+    run(args)
+    records = losses(out)
+    assert [m["step"] for m in records] == [1, 2, 3, 3, 4]
+    counts = [m["data/skipped_samples"] for m in records]
+    assert counts[2] == counts[3] and counts == sorted(counts), counts  # step 3 counted the same both times
+    assert counts[-1] == len(corrupt) and records[-1]["data/position"] == len(rows), records[-1]
+
+
 def test_resume_refuses_a_changed_data_order_unless_allowed(setup, straight, tmp_path):
     """A sample position names other clips under another seed (or shard set), so a resume that changes them
     is refused, with what changed, unless train.allow_data_change. Another batch size is not a change of order:
