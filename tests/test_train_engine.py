@@ -81,11 +81,13 @@ def straight(setup, tmp_path_factory):
     return out
 
 
-def assert_same_losses(records, straight_dir):
+def assert_same_losses(records, straight_dir, atol=1e-5):
     reference = {m["step"]: m for m in losses(straight_dir)}
     for m in records:
-        for key in ("loss", "loss/semantic", "loss/pooled", "loss/motion", "lr"):
-            assert abs(m[key] - reference[m["step"]][key]) <= 1e-5, (m["step"], key, m[key], reference[m["step"]][key])
+        want = reference[m["step"]]
+        for key in ("loss", "loss/semantic", "loss/pooled", "loss/motion"):
+            assert abs(m[key] - want[key]) <= atol, (m["step"], key, m[key], want[key])
+        assert math.isclose(m["lr"], want["lr"], rel_tol=1e-9), (m["step"], m["lr"], want["lr"])  # the same schedule
 
 
 def test_one_process_zero1_resumes_exactly_after_sigkill(setup, straight, tmp_path):
@@ -231,18 +233,24 @@ def test_two_processes_with_torchrun(setup, tmp_path, zero):
     assert len(list(ckpt.glob("zero_pp_rank_*_optim_states.pt"))) == 2  # optimizer state partitioned over 2 ranks
 
 
-@pytest.mark.parametrize("zero", [2, pytest.param(0, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow)])
-def test_another_world_size_resumes_exactly(setup, tmp_path, zero):
+@pytest.mark.parametrize("zero,bf16", [(2, False), pytest.param(0, False, marks=pytest.mark.slow),
+                                       pytest.param(3, False, marks=pytest.mark.slow),
+                                       pytest.param(1, True, marks=pytest.mark.slow)])
+def test_another_world_size_resumes_exactly(setup, tmp_path, zero, bf16):
     """ZeRO 2 (0 and 3 in test-slow; 0 keeps the optimizer whole, so it loads without conversion), a global batch
     of 4 clips: two ranks of 2 killed after step 3 (checkpoint at 2), one process of 4
     killed after step 5 (checkpoint at 4), then two ranks again to the end. Each change goes through DeepSpeed's
     universal checkpoint, the data through the sample position; the losses, lr and final weights are those of one
-    process that ran all six steps."""
+    process that ran all six steps. Under bf16 (ZeRO 1, in test-slow) two ranks' gradients, each rounded to bf16
+    before they are summed, differ from one process's by rounding, so the match is to bf16 precision (measured:
+    6e-4 in loss, one bf16 step in the weights)."""
+    common = [f"train.zero_stage={zero}", f"train.bf16={str(bf16).lower()}"]
+    loss_atol, weight_atol = (2e-3, 1.6e-2) if bf16 else (1e-5, 1e-5)
     reference = tmp_path / "reference"
-    run(BASE + overrides(setup, reference, f"train.zero_stage={zero}", "data.batch_size=4"))
+    run(BASE + overrides(setup, reference, *common, "data.batch_size=4"))
     out = tmp_path / "changing"
-    two = torchrun(29527) + overrides(setup, out, f"train.zero_stage={zero}", "data.batch_size=2", "train.ckpt_every=2")
-    one = BASE + overrides(setup, out, f"train.zero_stage={zero}", "data.batch_size=4", "train.ckpt_every=2")
+    two = torchrun(29527) + overrides(setup, out, *common, "data.batch_size=2", "train.ckpt_every=2")
+    one = BASE + overrides(setup, out, *common, "data.batch_size=4", "train.ckpt_every=2")
     killed = subprocess.run(two + ["--set", "train.debug_kill_at_step=3"], cwd=ROOT, capture_output=True,
                             env=child_env(), timeout=600)
     assert killed.returncode != 0
@@ -257,12 +265,12 @@ def test_another_world_size_resumes_exactly(setup, tmp_path, zero):
     assert not (out / "checkpoints" / "universal").exists()  # removed once this world saved its own
     records = losses(out)
     assert [m["step"] for m in records] == [1, 2, 3, 3, 4, 5, 5, 6]
-    assert_same_losses(records, reference)
+    assert_same_losses(records, reference, loss_atol)
     positions = {m["step"]: m["data/position"] for m in losses(reference)}
     assert [m["data/position"] for m in records] == [positions[m["step"]] for m in records]
     ours, want = exported(out), exported(reference)
     for k, v in want.items():
-        torch.testing.assert_close(ours[k], v, rtol=0, atol=1e-5, msg=k)
+        torch.testing.assert_close(ours[k], v, rtol=0, atol=weight_atol, msg=k)
 
 
 def test_corrupt_clips_are_counted_over_all_ranks_and_across_a_resume(setup, tmp_path):
