@@ -53,6 +53,7 @@ bench: setup
 	$(BIN)/python bench/annotate_throughput.py
 	$(BIN)/python bench/dedup_ann.py --n 200000 --queries 500 --planted 500 --nlist 512 --skip-hnsw
 	$(BIN)/python bench/train_loader.py
+	$(BIN)/python bench/universal_conversion.py
 
 clean:
 	rm -rf corpora runs manifests/*.duckdb bench/out
