@@ -147,6 +147,9 @@ class ResumeError(RuntimeError):
     """The checkpoint in out_dir cannot be continued exactly by this run (other data order, broken checkpoint)."""
 
 
+CONVERSION_WAIT_S = 4 * 3600.0   # rank 0 converts about 7 s per GB of checkpoint on a 2-core host
+
+
 def convert_to_universal(tag_dir: Path, out_dir: Path) -> None:
     """DeepSpeed's ds_to_universal on one checkpoint tag: every parameter's fp32 weights and optimizer moments,
     whole, so that any world size can partition them afresh. Written to a temporary folder and renamed, so a
@@ -163,6 +166,20 @@ def convert_to_universal(tag_dir: Path, out_dir: Path) -> None:
         raise ResumeError(f"converting {tag_dir} to a universal checkpoint failed:\n{proc.stdout[-2000:]}"
                           f"{proc.stderr[-2000:]}")
     tmp.rename(out_dir)
+
+
+def wait_for_conversion(target: Path, failed: Path, timeout_s: float = CONVERSION_WAIT_S, poll_s: float = 1.0) -> None:
+    """The other ranks' wait while rank 0 converts: on the shared checkpoint folder, not in a collective, since
+    a collective gives up after DeepSpeed's 10-minute default (DEEPSPEED_TIMEOUT) and a 6B conversion takes
+    longer than that on a small host (bench/RESULTS.md). Returns once `target` has been renamed into place;
+    raises with rank 0's message if it wrote `failed`, or after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not target.exists():
+        if failed.exists():
+            raise ResumeError(f"rank 0 could not convert the checkpoint: {failed.read_text()}")
+        if time.monotonic() > deadline:
+            raise ResumeError(f"{target} did not appear within {timeout_s:.0f} s of waiting for rank 0's conversion")
+        time.sleep(poll_s)
 
 
 def mend_zero3_universal_load(optimizer: torch.optim.Optimizer, universal_tag_dir: Path) -> None:
@@ -320,11 +337,21 @@ class Trainer:
         load_dir = self.ckpt_dir
         if universal:
             load_dir = self.ckpt_dir / "universal"
+            failed = load_dir / f"{tag}.failed"
+            if self.rank == 0:
+                failed.unlink(missing_ok=True)   # a marker from an earlier attempt
+            dist.barrier()
             if self.rank == 0 and not (load_dir / tag).exists():
                 print(f"{tag} was written by {written_by} process(es), this run has {self.world}: converting it "
                       "to a universal checkpoint", flush=True)
                 load_dir.mkdir(exist_ok=True)
-                convert_to_universal(tag_dir, load_dir / tag)
+                try:
+                    convert_to_universal(tag_dir, load_dir / tag)
+                except Exception as e:   # tell the waiting ranks why, rather than let them wait
+                    failed.write_text(f"{type(e).__name__}: {e}")
+                    raise
+            elif self.rank != 0:
+                wait_for_conversion(load_dir / tag, failed)
             dist.barrier()
         path, client = self.engine.load_checkpoint(str(load_dir), tag=tag)
         if path is None:

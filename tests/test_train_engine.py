@@ -273,6 +273,29 @@ def test_another_world_size_resumes_exactly(setup, tmp_path, zero, bf16):
         torch.testing.assert_close(ours[k], v, rtol=0, atol=weight_atol, msg=k)
 
 
+def test_ranks_wait_for_the_conversion_on_the_filesystem_and_hear_of_its_failure(tmp_path):
+    """While rank 0 converts, the other ranks poll the checkpoint folder instead of sitting in a collective that
+    would time out: they return once the conversion is renamed into place, and raise rank 0's message if it failed."""
+    import threading
+
+    from ivtrain.engine import ResumeError, wait_for_conversion
+
+    target, failed = tmp_path / "step00000004", tmp_path / "step00000004.failed"
+    (tmp_path / "step00000004.tmp").mkdir()
+    timer = threading.Timer(0.3, lambda: (tmp_path / "step00000004.tmp").rename(target))
+    timer.start()
+    t0 = time.monotonic()
+    wait_for_conversion(target, failed, timeout_s=30, poll_s=0.05)
+    assert target.is_dir() and 0.25 < time.monotonic() - t0 < 10
+    other = tmp_path / "step00000006"
+    threading.Timer(0.2, lambda: failed.write_text("ResumeError: ds_to_universal failed")).start()
+    with pytest.raises(ResumeError, match="rank 0 could not convert the checkpoint: ResumeError: ds_to_universal"):
+        wait_for_conversion(other, failed, timeout_s=30, poll_s=0.05)
+    failed.unlink()
+    with pytest.raises(ResumeError, match="did not appear within"):
+        wait_for_conversion(other, failed, timeout_s=0.3, poll_s=0.05)
+
+
 def test_corrupt_clips_are_counted_over_all_ranks_and_across_a_resume(setup, tmp_path):
     """Two ranks, one epoch of 16 clips of which 3 are corrupt: each rank skips the corrupt clips of its share,
     and the count logged and checkpointed is the sum over ranks (3), also after a kill and a resume."""
