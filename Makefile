@@ -54,6 +54,7 @@ bench: setup
 	$(BIN)/python bench/dedup_ann.py --n 200000 --queries 500 --planted 500 --nlist 512 --skip-hnsw
 	$(BIN)/python bench/train_loader.py
 	$(BIN)/python bench/universal_conversion.py
+	$(BIN)/python bench/shard_index.py
 
 clean:
 	rm -rf corpora runs manifests/*.duckdb bench/out

@@ -32,6 +32,7 @@ class DataConfig:
     shuffle: bool = True
     train: bool = True               # random sampling offsets + augmentation; False: centre frames, centre crop
     label_key: str = "label"         # json field returned as the label when present
+    index_cache: str = ""            # per-shard member offsets: "" -> $XDG_CACHE_HOME/ivkit/shard_index, "off", or a dir
 
 
 @dataclass

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from ivtrain.config import Recipe, to_dict
-from ivtrain.data.shards import make_loader
+from ivtrain.data.shards import ShardIndex, index_cache_dir, make_loader, resolve_shards
 from ivtrain.devices import datasheet_peak_tflops, pick_device
 from ivtrain.optim import lr_factor, param_groups
 
@@ -103,9 +103,13 @@ def memory_gb(device: torch.device) -> float:
 
 
 class MetricsSink:
-    """Rank-0 metrics: rich console lines, JSONL, TensorBoard."""
+    """Rank-0 metrics: rich console lines, JSONL, TensorBoard.
 
-    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool):
+    A resumed run replays the steps after its checkpoint. metrics.jsonl keeps every life's rows (a replayed step
+    appears once per life, the resumed run's last), which is the record of what happened; TensorBoard is told to
+    hide the first life's rows from `resumed_step + 1` on, so its curves show one value per step."""
+
+    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool, resumed_step: int = 0):
         self.enabled = enabled
         self.writer = None
         if not enabled:
@@ -117,7 +121,7 @@ class MetricsSink:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(out_dir / "tensorboard"))
+            self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resumed_step + 1 if resumed_step else None)
 
     def log(self, step: int, metrics: dict) -> None:
         if not self.enabled:
@@ -282,7 +286,7 @@ class Trainer:
         flops = self.objective.flops_per_sample()
         self.flops_per_sample = flops
         self.peak = peak_flops(recipe, self.device)
-        self.sink = MetricsSink(self.out_dir, self.rank == 0, tc.tensorboard)
+        self.sink = MetricsSink(self.out_dir, self.rank == 0, tc.tensorboard, self.step)
         self._stop = False
 
     # ------------------------------------------------------------ checkpoints
@@ -431,7 +435,8 @@ class Trainer:
     def train(self) -> dict:
         tc, recipe = self.recipe.train, self.recipe
         loader, stream = make_loader(recipe.data, seed=tc.seed, rank=self.rank, world=self.world,
-                                     start=self.data_position, pin_memory=self.device.type == "cuda")
+                                     start=self.data_position, pin_memory=self.device.type == "cuda",
+                                     index=self._shard_index())
         self.data_plan = stream.plan()
         self.samples_per_epoch = len(stream.index)
         self._check_data_plan()
@@ -455,6 +460,16 @@ class Trainer:
             signal.signal(signal.SIGTERM, previous)
             self.sink.close()
         return last
+
+    def _shard_index(self) -> ShardIndex:
+        """Every rank needs the index of every shard. On a cold cache the ranks first scan one share each, so a
+        job of W processes reads the corpus's tar headers once rather than W times; then all read the cache."""
+        shards = resolve_shards(self.recipe.data.shards)
+        cache = index_cache_dir(self.recipe.data.index_cache)
+        if self.world > 1 and cache is not None:
+            ShardIndex.warm(shards[self.rank::self.world], cache)
+            dist.barrier()
+        return ShardIndex(shards, cache)
 
     def _check_data_plan(self) -> None:
         """A resumed run sees the checkpoint's clips in the checkpoint's order only if the loader's plan is

@@ -1,6 +1,7 @@
 """The shard loader: real H.264 mp4s in WebDataset tars, decord/PyAV decoding, sampling,
 MultiScaleCrop, corrupt-sample skipping, several workers and exact position resume."""
 import csv
+import json
 import sys
 from pathlib import Path
 
@@ -49,6 +50,70 @@ def test_shard_sources_resolve_alike(shards):
         resolve_shards(shards.parent / "missing.wids.json")
     index = ShardIndex(by_index)
     assert len(index) == 12 and index.metadata(0)["label"] in train_synthetic.DIRECTIONS
+
+
+def write_tar(path: Path, members: dict[str, bytes]) -> Path:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_shard_index_reads_what_tarfile_extracts_and_is_cached_per_shard(shards, tmp_path, monkeypatch):
+    import tarfile
+
+    from ivtrain.data import shards as shard_module
+
+    paths, cache = resolve_shards(shards), tmp_path / "cache"
+    index = ShardIndex(paths, cache)
+    want = []   # (shard, member name) of every mp4, in shard order
+    for shard in paths:
+        with tarfile.open(shard) as tar:
+            want += [(shard, m.name) for m in tar if m.isfile() and m.name.endswith(".mp4")]
+    assert len(index) == len(want) == 12
+    for i, (shard, name) in enumerate(want):
+        with tarfile.open(shard) as tar:
+            assert index.read(i, "mp4") == tar.extractfile(name).read()
+            assert index.metadata(i) == json.loads(tar.extractfile(name[:-4] + ".json").read())
+        assert index.key(i) == name[:-4]
+    assert len(list(cache.glob("*.npz"))) == len(paths)
+
+    scanned = []
+    scan = shard_module.scan_shard
+    monkeypatch.setattr(shard_module, "scan_shard", lambda s: scanned.append(s) or scan(s))
+    again = ShardIndex(paths, cache)                    # read back from the cache: no tar scanned
+    assert scanned == [] and again.keys.tolist() == index.keys.tolist()
+    assert all(np.array_equal(again.offsets[e], index.offsets[e]) for e in ("mp4", "json"))
+    assert np.array_equal(again.shard_of, index.shard_of)
+
+    sorted(cache.glob("*.npz"))[0].write_bytes(b"not an npz")   # a damaged cache file costs a scan
+    ShardIndex(paths, cache)
+    assert len(scanned) == 1
+
+    shared = tmp_path / "shared"                        # two ranks warm a cold cache, a share each (the engine)
+    ShardIndex.warm(paths[0::2], shared)
+    ShardIndex.warm(paths[1::2], shared)
+    assert len(scanned) == 1 + len(paths)
+    assert ShardIndex(paths, shared).keys.tolist() == index.keys.tolist() and len(scanned) == 1 + len(paths)
+
+    own = write_tar(tmp_path / "own.tar", {"a.mp4": b"A", "a.json": b'{"label": 1}', "b.mp4": b"BB", "n.txt": b"-"})
+    first = ShardIndex([own], cache)
+    assert [first.key(i) for i in range(2)] == ["a", "b"] and first.read(1, "mp4") == b"BB"
+    assert first.read(1, "json") is None and first.metadata(1) == {} and first.metadata(0) == {"label": 1}
+    write_tar(own, {"c.mp4": b"CCC"})                   # rewritten in place: its cached index is stale
+    rewritten = ShardIndex([own], cache)
+    assert len(rewritten) == 1 and rewritten.key(0) == "c" and rewritten.read(0, "mp4") == b"CCC"
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    with pytest.warns(UserWarning, match="not writable"):   # a cache that cannot be written costs scans only
+        assert len(ShardIndex(paths, blocked)) == 12
+    assert len(ShardIndex(paths, None)) == 12
 
 
 def test_sparse_uniform_sampling():

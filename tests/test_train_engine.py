@@ -63,6 +63,15 @@ def losses(out_dir):
     return [json.loads(line) for line in open(Path(out_dir) / "metrics.jsonl")]
 
 
+def tensorboard_scalars(out_dir, tag):
+    """(step, value) of one scalar as TensorBoard would plot it (orphaned steps of a crashed life purged)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(Path(out_dir) / "tensorboard"), purge_orphaned_data=True)
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
 RECIPE = "recipes/iv2_stage1_tiny.yaml"
 BASE = [sys.executable, "-m", "ivtrain.train", RECIPE]
 
@@ -101,6 +110,10 @@ def test_one_process_zero1_resumes_exactly_after_sigkill(setup, straight, tmp_pa
     first_life, second_life = records[:5], records[5:]
     assert [m["step"] for m in first_life] == [1, 2, 3, 4, 5] and [m["step"] for m in second_life] == [4, 5, 6]
     assert_same_losses(records, straight)
+    # TensorBoard shows one value per step: the resumed run's replay of steps 4 and 5 hides the first life's
+    tensorboard = tensorboard_scalars(tmp_path / "resumed", "loss")
+    assert [step for step, _ in tensorboard] == [1, 2, 3, 4, 5, 6]
+    assert [value for _, value in tensorboard] == pytest.approx([m["loss"] for m in records[:3] + second_life])
     # the metrics a run reports
     reference = {m["step"]: m for m in losses(straight)}
     last = reference[6]

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from ivkit.progress import progress
 from ivkit.typed_yaml import build
 from ivtrain.config import DataConfig, Recipe
-from ivtrain.data.shards import ShardIndex, epoch_permutation, make_loader, resolve_shards
+from ivtrain.data.shards import ShardIndex, epoch_permutation, make_loader
 from ivtrain.data.transforms import normalize
 from ivtrain.devices import pick_device
 from ivtrain.models.attention import resolve_backend
@@ -131,7 +131,7 @@ def encode_set(encoder: InternVideo2, recipe: Recipe, shards: str, batch_size: i
     in shard order (undecodable clips left out). Written into one preallocated tensor: no second copy."""
     device = torch.device(device)
     data = eval_data(recipe, shards, batch_size)
-    index = index or ShardIndex(resolve_shards(shards))
+    index = index or ShardIndex.open(shards, recipe.data.index_cache)
     encoder = prepare_encoder(encoder, device)
     feats = torch.empty(len(index), tokens_per_clip(encoder), encoder.cfg.embed_dim, dtype=dtype)
     labels: list = []
@@ -162,7 +162,7 @@ class StreamedFeatures:
     def __init__(self, encoder: InternVideo2, recipe: Recipe, shards: str, lookup: dict, batch_size: int,
                  seed: int, device: torch.device, index: ShardIndex | None = None):
         self.encoder, self.lookup, self.seed, self.device = encoder, lookup, seed, device
-        self.index = index or ShardIndex(resolve_shards(shards))
+        self.index = index or ShardIndex.open(shards, recipe.data.index_cache)
         self.data = eval_data(recipe, shards, batch_size, shuffle=True)
 
     def batches(self, epoch: int | None = None):
@@ -243,7 +243,7 @@ def run_probe(train_shards: str, eval_shards: str, run_dir: str | Path | None = 
         raise ValueError(f"--cache-dtype must be one of {sorted(CACHE_DTYPES)}, got {cache_dtype!r}")
     dtype = CACHE_DTYPES[cache_dtype]
     encoder, recipe = load_encoder(run_dir, recipe, random_init, seed)
-    train_index, eval_index = (ShardIndex(resolve_shards(s)) for s in (train_shards, eval_shards))
+    train_index, eval_index = (ShardIndex.open(s, recipe.data.index_cache) for s in (train_shards, eval_shards))
     need = cache_bytes(encoder, len(train_index) + len(eval_index), dtype)
     free = available_memory_bytes()
     mode = choose_features(features, need, free)
