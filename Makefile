@@ -2,16 +2,22 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+# constraints.txt pins torch (always); constraints-lock.txt pins every other package to the versions the
+# suites last passed with. UNLOCKED=1 leaves the lock out, to try the newest releases (then `make lock`).
+CONSTRAINTS := $(CURDIR)/constraints.txt
+ifneq ($(UNLOCKED),1)
+CONSTRAINTS += $(CURDIR)/constraints-lock.txt
+endif
+export PIP_CONSTRAINT := $(CONSTRAINTS)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo test test-slow bench lock clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
 # torch first, from the pinned CPU build, so nothing later resolves a CUDA torch.
-$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+$(VENV)/.installed: pyproject.toml constraints.txt constraints-lock.txt | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0 numpy
 	$(BIN)/pip install -q -e '.[dev,asr]'
 	# openai-whisper declares triton (CUDA only); its real needs come with the asr extra.
@@ -55,6 +61,12 @@ bench: setup
 	$(BIN)/python bench/train_loader.py
 	$(BIN)/python bench/universal_conversion.py
 	$(BIN)/python bench/shard_index.py
+
+# Rewrite constraints-lock.txt from this venv (after the suites passed in it), keeping the file's header.
+lock: setup $(VENV)/.llama_cpp
+	$(BIN)/pip install -q -e '.[ray]'
+	{ grep '^#' constraints-lock.txt; $(BIN)/pip freeze --exclude-editable | grep -v -E '^(torch|ivkit)=='; } \
+	  > constraints-lock.txt.tmp && mv constraints-lock.txt.tmp constraints-lock.txt
 
 clean:
 	rm -rf corpora runs manifests/*.duckdb bench/out
