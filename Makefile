@@ -49,8 +49,11 @@ demo: setup
 test: setup $(VENV)/.llama_cpp
 	$(BIN)/python -m pytest -q -x
 
-test-slow: setup
+$(VENV)/.ray: $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[ray]'
+	touch $@
+
+test-slow: setup $(VENV)/.ray
 	$(BIN)/python -m pytest -q -m slow
 
 bench: setup
@@ -63,8 +66,10 @@ bench: setup
 	$(BIN)/python bench/shard_index.py
 
 # Rewrite constraints-lock.txt from this venv (after the suites passed in it), keeping the file's header.
-lock: setup $(VENV)/.llama_cpp
-	$(BIN)/pip install -q -e '.[ray]'
+# Anything it still installs goes in under constraints.txt alone: the old lock would downgrade what an
+# UNLOCKED=1 run upgraded.
+lock: export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+lock: setup $(VENV)/.llama_cpp $(VENV)/.ray
 	{ grep '^#' constraints-lock.txt; $(BIN)/pip freeze --exclude-editable | grep -v -E '^(torch|ivkit)=='; } \
 	  > constraints-lock.txt.tmp && mv constraints-lock.txt.tmp constraints-lock.txt
 
