@@ -25,6 +25,8 @@ class DataConfig:
     scales: list[float] = field(default_factory=lambda: [1.0, 0.875, 0.75, 0.66])
     max_distort: int = 1             # MultiScaleCrop: how far apart the width and height scale may be
     flip: bool = True
+    no_flip_sources: list[str] = field(default_factory=lambda: ["ssv2"])  # never flipped: their labels name
+                                     # directions (SSv2's "moving something from left to right"), as released
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     batch_size: int = 2              # per process, per micro step
@@ -46,6 +48,9 @@ class ViTConfig:
     depth: int = 0
     num_heads: int = 0
     mlp_dim: int = 0
+    pool_heads: int = 0              # attention-pooling heads (16 in every released size, whatever num_heads is)
+    mlp_act: Literal["", "gelu", "gelu_tanh"] = ""   # "": the preset's (released sizes: gelu_tanh, as trained)
+    train_pos_embed: bool = True     # position tables are trained (sin-cos start, no weight decay), as released
     qk_norm: bool = True
     layerscale_init: float = 0.1
     drop_path: float = 0.0
@@ -83,19 +88,23 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1.5e-4
-    min_lr: float = 1e-6
+    lr: float = 1.5e-4               # peak lr; per `lr_base_batch` samples when that is set
+    min_lr: float = 1e-6             # the cosine's floor, scaled like lr
+    lr_base_batch: int = 0           # > 0: lr and min_lr are given per this many samples and scaled by
+                                     # global batch / lr_base_batch (the release: 256)
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
-    warmup_steps: int = 0
+    warmup_steps: int = 0            # linear warmup from 0 (as released: the first step's lr is 0)
+    warmup_epochs: float = 0.0       # or the warmup in epochs of the training data (not both)
     layer_decay: float = 1.0         # < 1: layer-wise LR decay (deeper layers learn faster)
     clip_grad: float = 3.0
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 100
+    steps: int = 0                   # optimizer steps; or
+    epochs: float = 0.0              # passes over the training data (steps = epochs x samples // global batch)
     grad_accum: int = 1
     zero_stage: int = 1
     bf16: bool = False
@@ -145,6 +154,17 @@ def validate(r: Recipe) -> None:
         raise ConfigError("data.batch_size must be positive")
     if not 0.0 <= r.mask.ratio < 1.0:
         raise ConfigError(f"mask.ratio must be in [0, 1), got {r.mask.ratio}")
+    if (r.train.steps > 0) == (r.train.epochs > 0):
+        raise ConfigError(f"set one of train.steps and train.epochs to a positive number (steps {r.train.steps}, "
+                          f"epochs {r.train.epochs})")
+    if r.train.steps < 0 or r.train.epochs < 0:
+        raise ConfigError("train.steps and train.epochs cannot be negative")
+    if r.optim.warmup_steps and r.optim.warmup_epochs:
+        raise ConfigError("set optim.warmup_steps or optim.warmup_epochs, not both")
+    if r.optim.warmup_steps < 0 or r.optim.warmup_epochs < 0 or r.optim.lr_base_batch < 0:
+        raise ConfigError("optim.warmup_steps, optim.warmup_epochs and optim.lr_base_batch cannot be negative")
+    if r.train.log_every < 1:
+        raise ConfigError(f"train.log_every must be >= 1, got {r.train.log_every}")
     if r.train.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"train.zero_stage must be 0-3, got {r.train.zero_stage}")
     if r.train.grad_accum < 1:

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from ivtrain.config import Recipe, to_dict
 from ivtrain.data.shards import ShardIndex, index_cache_dir, make_loader, resolve_shards
 from ivtrain.devices import datasheet_peak_tflops, pick_device
-from ivtrain.optim import lr_factor, param_groups
+from ivtrain.optim import lr_factor, param_groups, resolve_schedule
 
 
 def _free_port() -> int:
@@ -263,11 +263,12 @@ class Trainer:
         # the same seed on every rank for the weights; rank-specific streams for masks afterwards
         torch.manual_seed(tc.seed)
         self.objective = build_objective(recipe, self.device)
+        self.index = self._shard_index()
+        self.schedule = resolve_schedule(recipe.optim, tc.steps, tc.epochs, self.global_batch(), len(self.index))
         model = self.objective.trainable
-        optimizer = torch.optim.AdamW(param_groups(model, recipe.optim), lr=recipe.optim.lr,
-                                      betas=tuple(recipe.optim.betas), eps=recipe.optim.eps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, tc.steps, recipe.optim))
+        optimizer = torch.optim.AdamW(param_groups(model, recipe.optim, self.schedule.peak_lr),
+                                      lr=self.schedule.peak_lr, betas=tuple(recipe.optim.betas), eps=recipe.optim.eps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, self.schedule))
         latest = self._latest_checkpoint() if tc.resume else None
         universal = latest is not None and latest[1] != self.world and self._partitioned(latest[0])
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
@@ -436,7 +437,7 @@ class Trainer:
         tc, recipe = self.recipe.train, self.recipe
         loader, stream = make_loader(recipe.data, seed=tc.seed, rank=self.rank, world=self.world,
                                      start=self.data_position, pin_memory=self.device.type == "cuda",
-                                     index=self._shard_index())
+                                     index=self.index)
         self.data_plan = stream.plan()
         self.samples_per_epoch = len(stream.index)
         self._check_data_plan()
@@ -444,12 +445,12 @@ class Trainer:
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         last = {}
         try:
-            while self.step < tc.steps and not self._any_rank_stopping():
+            while self.step < self.schedule.total_steps and not self._any_rank_stopping():
                 last = self._train_step(batches)
                 self.step += 1
-                if self.step % tc.log_every == 0 or self.step == tc.steps:
+                if self.step % tc.log_every == 0 or self.step == self.schedule.total_steps:
                     self.sink.log(self.step, last)
-                if tc.ckpt_every and self.step % tc.ckpt_every == 0 and self.step < tc.steps:
+                if tc.ckpt_every and self.step % tc.ckpt_every == 0 and self.step < self.schedule.total_steps:
                     self.save()
                 if tc.debug_kill_at_step and self.step == tc.debug_kill_at_step:
                     os.kill(os.getpid(), signal.SIGKILL)

@@ -80,15 +80,20 @@ def finetune_on_labels(encoder, cfg, shards: str, steps: int, image_size: int, f
     cfg = copy.deepcopy(cfg)
     cfg.id2label = {i: str(c) for i, c in enumerate(classes)}
     cfg.label2id = {str(c): i for i, c in enumerate(classes)}
+    # the classifier pools the mean token (VideoMAE V2's fine-tuning head); without mean pooling transformers would
+    # classify from the first patch token. The encoder's final LayerNorm has no part in it and is kept as it was.
+    cfg.use_mean_pooling = True
     model = VideoMAEForVideoClassification(cfg)
-    model.videomae.load_state_dict(encoder.state_dict())
+    weights = {k: v for k, v in encoder.state_dict().items() if not k.startswith("layernorm.")}
+    model.videomae.load_state_dict(weights)
     info = fit(model, loader, data, lambda video, batch: model(
         pixel_values=video.transpose(1, 2),
         labels=torch.tensor([classes.index(lb) for lb in batch["labels"]])).loss, steps, lr / 3)
     info["classes"] = classes
     if eval_shards:
         info["eval_accuracy"] = classifier_accuracy(model, classes, replace(data, shards=eval_shards, train=False))
-    return model.videomae, info
+    encoder.load_state_dict(model.videomae.state_dict(), strict=False)   # every block; the final norm unchanged
+    return encoder, info
 
 
 @torch.no_grad()

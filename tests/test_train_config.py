@@ -23,7 +23,7 @@ def test_dotted_overrides_are_parsed_and_typed():
     assert r.optim.lr == 1e-3 and r.train.zero_stage == 2 and r.data.scales == [1.0, 0.5]
     assert r.mask.type == "tube" and r.teachers.motion.path == "/x/y" and r.optim.warmup_steps == 7
     # an int where a float is expected is widened
-    assert load_recipe(None, ["optim.lr=1"]).optim.lr == 1.0
+    assert load_recipe(None, ["optim.lr=1", "train.steps=5"]).optim.lr == 1.0
 
 
 @pytest.mark.parametrize("override, message", [

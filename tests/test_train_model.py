@@ -1,6 +1,9 @@
 """The InternVideo2 ViT and its attention backends (SDPA always; flash-attn where CUDA has it)."""
 import math
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -77,12 +80,29 @@ def test_shapes_norms_and_layerscale():
     assert out.tokens.shape == (2, 65, 64) and out.pooled.shape == (2, 64) and set(out.layers) == {1, 3}
 
 
-def test_pos_embed_is_3d_and_distinct():
+def released_sincos_3d(dim, grid, frames):
+    """The released table (get_3d_sincos_pos_embed of InternVideo2's pos_embed.py), written out from its
+    definition: [time: dim/4 | the meshgrid's first plane, the column index: 3dim/8 | the row index: 3dim/8],
+    each part [sin | cos] of position x 10000^(-i / (part / 2)); tokens in (t, row, column) order."""
+    def part(width, positions):
+        omega = 1.0 / 10000 ** (np.arange(width // 2) / (width / 2.0))
+        angles = np.outer(positions.reshape(-1), omega)
+        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+    cols, rows = np.meshgrid(np.arange(grid), np.arange(grid))        # numpy's default "xy" indexing
+    spatial = np.concatenate([part(dim // 8 * 3, cols), part(dim // 8 * 3, rows)], axis=1)
+    temporal = part(dim // 4, np.arange(frames))
+    rows_out = [np.concatenate([temporal[t], spatial[i]]) for t in range(frames) for i in range(grid * grid)]
+    return np.concatenate([np.zeros((1, dim)), np.stack(rows_out)])
+
+
+def test_pos_embed_follows_the_released_channel_order():
     table = sincos_3d(64, 4, 4, 4)
     assert table.shape == (65, 64) and torch.all(table[0] == 0)
     assert torch.unique(table[1:], dim=0).shape[0] == 64  # every (t, h, w) gets its own code
-    # frames at the same (h, w) share the spatial channels and differ in the temporal ones
-    assert torch.equal(table[1, :48], table[1 + 16, :48]) and not torch.equal(table[1, 48:], table[1 + 16, 48:])
+    torch.testing.assert_close(table, torch.from_numpy(released_sincos_3d(64, 4, 4)).float())
+    # frames at the same (h, w) share the spatial channels and differ in the temporal (first) ones
+    assert torch.equal(table[1, 16:], table[1 + 16, 16:]) and not torch.equal(table[1, :16], table[1 + 16, :16])
 
 
 def test_visible_subset_matches_full_run_when_everything_is_visible():
@@ -121,11 +141,12 @@ def test_flop_count_of_vit_b_matches_torch_flop_counter():
 
 def test_param_groups_layer_decay_and_schedule():
     from ivtrain.config import OptimConfig
-    from ivtrain.optim import lr_factor, param_groups
+    from ivtrain.optim import lr_factor, param_groups, resolve_schedule
 
     m = tiny()
     cfg = OptimConfig(lr=1e-3, min_lr=1e-5, weight_decay=0.05, warmup_steps=10, layer_decay=0.5)
     groups = param_groups(m, cfg)
+    schedule = resolve_schedule(cfg, steps=100, epochs=0, global_batch=8, samples_per_epoch=80)
     by_param = {id(p): g for g in groups for p in g["params"]}
     assert by_param[id(m.blocks[3].attn.qkv.weight)]["lr_scale"] == 0.5       # last block: one step below the top
     assert by_param[id(m.blocks[0].attn.qkv.weight)]["lr_scale"] == 0.5 ** 4
@@ -133,10 +154,44 @@ def test_param_groups_layer_decay_and_schedule():
     assert by_param[id(m.blocks[0].norm1.weight)]["weight_decay"] == 0.0       # norms, biases, tokens: no decay
     assert by_param[id(m.cls_token)]["weight_decay"] == 0.0
     assert by_param[id(m.blocks[0].mlp.fc1.weight)]["weight_decay"] == 0.05
-    assert id(m.pos_embed) not in by_param                                     # the fixed table is not trained
-    assert lr_factor(0, 100, cfg) == 0.1 and lr_factor(9, 100, cfg) == 1.0
-    assert lr_factor(100, 100, cfg) == pytest.approx(1e-2)                      # min_lr / lr at the end
-    assert lr_factor(55, 100, cfg) == pytest.approx(0.01 + 0.99 * 0.5)          # half-way down the cosine
+    # the position table is trained (sin-cos start), without weight decay, with the embeddings' lr
+    assert m.pos_embed.requires_grad and by_param[id(m.pos_embed)]["weight_decay"] == 0.0
+    assert by_param[id(m.pos_embed)]["lr_scale"] == 0.5 ** 5
+    assert id(tiny(train_pos_embed=False).pos_embed) not in {id(p) for g in param_groups(tiny(train_pos_embed=False), cfg)
+                                                              for p in g["params"]}
+    # warmup from 0 to the peak at its last step, as numpy's linspace(0, peak, 10)
+    assert lr_factor(0, schedule) == 0.0 and lr_factor(9, schedule) == 1.0 and lr_factor(3, schedule) == 3 / 9
+    assert lr_factor(100, schedule) == pytest.approx(1e-2)                      # min_lr / lr at the end
+    assert lr_factor(55, schedule) == pytest.approx(0.01 + 0.99 * 0.5)          # half-way down the cosine
+
+
+def released_cosine_schedule(base, final, epochs, iters_per_epoch, warmup_epochs):
+    """utils.cosine_scheduler of the released stage-1 code, written out: linspace(0, base, warmup) then
+    final + (base - final) (1 + cos(pi i / n)) / 2 for i in 0..n-1."""
+    warmup = warmup_epochs * iters_per_epoch
+    n = epochs * iters_per_epoch - warmup
+    i = np.arange(n)
+    return np.concatenate([np.linspace(0, base, warmup), final + 0.5 * (base - final) * (1 + np.cos(np.pi * i / n))])
+
+
+def test_the_1b_recipe_reproduces_the_released_lr_schedule_at_its_global_batch():
+    """The release: 128 GPUs x 32 clips on K-Mash 1.1M (1,100,000 clips: 268 steps an epoch), lr 1.5e-4 and min
+    lr 1e-5 per 256 samples, 40 warmup epochs of 301."""
+    from ivtrain.config import load_recipe
+    from ivtrain.optim import lr_factor, resolve_schedule
+
+    r = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "iv2_stage1_1b.yaml")
+    global_batch = r.data.batch_size * r.train.grad_accum * 128
+    assert global_batch == 4096
+    schedule = resolve_schedule(r.optim, r.train.steps, r.train.epochs, global_batch, samples_per_epoch=1_100_000)
+    assert schedule.peak_lr == pytest.approx(2.4e-3) and schedule.min_lr == pytest.approx(1.6e-4)
+    assert (schedule.warmup_steps, schedule.total_steps) == (40 * 268, 301 * 268)
+    ours = np.array([schedule.peak_lr * lr_factor(i, schedule) for i in range(schedule.total_steps)])
+    released = released_cosine_schedule(2.4e-3, 1.6e-4, 301, 268, 40)
+    np.testing.assert_allclose(ours, released, rtol=1e-9, atol=1e-15)
+    # and on 8 GPUs the lr scales down with the global batch
+    small = resolve_schedule(r.optim, r.train.steps, r.train.epochs, 256, samples_per_epoch=1_100_000)
+    assert small.peak_lr == pytest.approx(1.5e-4) and small.total_steps == 301 * (1_100_000 // 256)
 
 
 def test_flash_path_hands_the_kernel_bf16_in_its_layout_and_matches_sdpa(monkeypatch):

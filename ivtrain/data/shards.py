@@ -244,9 +244,11 @@ class ClipStream(IterableDataset):
         cfg = self.cfg
         rng = np.random.default_rng([self.seed, epoch, sample_id]) if cfg.train else None
         data = self.index.read(sample_id, "mp4")
+        meta = self.index.metadata(sample_id)
         frames, _ = decode_clip(data, cfg.teacher_frames, rng)
-        video = clip_transform(frames, cfg.image_size, cfg.train, cfg.scales, cfg.max_distort, cfg.flip, rng)
-        return video, self.index.metadata(sample_id)
+        flip = cfg.flip and meta.get("source") not in cfg.no_flip_sources
+        video = clip_transform(frames, cfg.image_size, cfg.train, cfg.scales, cfg.max_distort, flip, rng)
+        return video, meta
 
     def make_batch(self, epoch: int, offset: int, b: int, after: int, orders: dict) -> dict:
         if (epoch, offset) not in orders:

@@ -251,10 +251,15 @@ class MotionTeacher(nn.Module):
     @torch.no_grad()
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """video: (B, 3, T, H, W) normalized with the data config's mean and std
-        -> (K, B, T/tubelet * H/p * W/p, C)."""
+        -> (K, B, T/tubelet * H/p * W/p, C): the outputs of the last K blocks, the last one through the encoder's
+        final LayerNorm when it has one (a VideoMAE pretraining encoder, as the released VideoMAE V2-g teacher:
+        transformers keeps that norm as `layernorm` when use_mean_pooling is off)."""
         pixels = self.input_norm(video).transpose(1, 2).to(self.model.dtype)  # VideoMAE takes (B, T, C, H, W)
         out = self.model(pixel_values=pixels, output_hidden_states=True)
-        return torch.stack(out.hidden_states[-self.num_layers:]).float()
+        layers = list(out.hidden_states[-self.num_layers:])
+        if getattr(self.model, "layernorm", None) is not None:
+            layers[-1] = out.last_hidden_state
+        return torch.stack(layers).float()
 
     def flops_per_sample(self) -> float:
         tokens = (self.num_frames // self.tubelet_size) * (self.image_size // self.patch_size) ** 2
@@ -282,7 +287,8 @@ def tiny_videomae_config(image_size: int = 32, patch_size: int = 8, num_frames: 
     return VideoMAEConfig(image_size=image_size, patch_size=patch_size, num_frames=num_frames, tubelet_size=2,
                           hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
                           num_attention_heads=4, decoder_hidden_size=64, decoder_intermediate_size=128,
-                          decoder_num_hidden_layers=2, decoder_num_attention_heads=4, use_mean_pooling=True,
+                          decoder_num_hidden_layers=2, decoder_num_attention_heads=4,
+                          use_mean_pooling=False,  # keep the final LayerNorm, as the released pretraining encoder
                           norm_pix_loss=False)  # flat synthetic patches make per-patch normalized targets noise
 
 

@@ -2,9 +2,13 @@
 
 Pre-norm transformer blocks with RMSNorm, QK-norm taken over the full width (not per head),
 LayerScale on both residual branches, a Conv3d patch embedding (tubelet 1 for the student),
-a fixed 3D sin-cos position embedding with a CLS slot, and an attention-pooling head whose
-query is the mean token. Module names follow the released checkpoints so that key maps in
-ivtrain.convert stay a prefix change.
+a 3D position table with a CLS slot (sin-cos initialized, trained as released), and an
+attention-pooling head whose query is the mean token. Module names follow the released
+checkpoints so that key maps in ivtrain.convert stay a prefix change.
+
+Two details of the released weights that no tensor shape reveals, so they are config keys:
+the attention-pooling head has 16 heads in every released size (not the blocks' count), and the
+MLP's GELU is the tanh approximation (the fused MLP the release trained with).
 """
 from __future__ import annotations
 
@@ -21,13 +25,16 @@ from ivtrain.config import ViTConfig
 from ivtrain.models.attention import attention, resolve_backend
 from ivtrain.models.flops import patch_embed_flops, transformer_flops
 
-# (img_size, patch, frames, dim, depth, heads, mlp_dim, pool_heads, pool_out_dim)
+# The released sizes pool with 16 heads and use the tanh GELU (see the module docstring). `tiny` is ivkit's
+# own test size: 4 pooling heads of 16 channels, exact GELU.
+_RELEASED = dict(img_size=224, patch_size=14, num_frames=8, pool_heads=16, mlp_act="gelu_tanh")
 PRESETS = {
-    "tiny": dict(img_size=32, patch_size=8, num_frames=4, embed_dim=64, depth=4, num_heads=4, mlp_dim=128),
-    "b": dict(img_size=224, patch_size=14, num_frames=8, embed_dim=768, depth=12, num_heads=12, mlp_dim=3072),
-    "l": dict(img_size=224, patch_size=14, num_frames=8, embed_dim=1024, depth=24, num_heads=16, mlp_dim=4096),
-    "1b": dict(img_size=224, patch_size=14, num_frames=8, embed_dim=1408, depth=40, num_heads=16, mlp_dim=6144),
-    "6b": dict(img_size=224, patch_size=14, num_frames=8, embed_dim=3200, depth=48, num_heads=25, mlp_dim=12800),
+    "tiny": dict(img_size=32, patch_size=8, num_frames=4, embed_dim=64, depth=4, num_heads=4, mlp_dim=128,
+                 pool_heads=4, mlp_act="gelu"),
+    "b": dict(_RELEASED, embed_dim=768, depth=12, num_heads=12, mlp_dim=3072),
+    "l": dict(_RELEASED, embed_dim=1024, depth=24, num_heads=16, mlp_dim=4096),
+    "1b": dict(_RELEASED, embed_dim=1408, depth=40, num_heads=16, mlp_dim=6144),
+    "6b": dict(_RELEASED, embed_dim=3200, depth=48, num_heads=25, mlp_dim=12800),
 }
 
 
@@ -38,8 +45,9 @@ def resolve_vit(cfg: ViTConfig) -> ViTConfig:
     preset = PRESETS[cfg.size]
     filled = {k: (getattr(cfg, k) or v) for k, v in preset.items()}
     out = replace(cfg, **filled)
-    if out.embed_dim % out.num_heads:
-        raise ValueError(f"embed_dim {out.embed_dim} is not divisible by num_heads {out.num_heads}")
+    for what, heads in (("num_heads", out.num_heads), ("pool_heads", out.pool_heads)):
+        if out.embed_dim % heads:
+            raise ValueError(f"embed_dim {out.embed_dim} is not divisible by {what} {heads}")
     return out
 
 
@@ -52,21 +60,19 @@ def _sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
 
 
 def sincos_3d(dim: int, grid_t: int, grid_h: int, grid_w: int, cls_token: bool = True) -> torch.Tensor:
-    """Fixed 3D sin-cos embedding: 3/4 of the channels encode (h, w), 1/4 encode time.
+    """3D sin-cos table in the released channel order: the first quarter of the channels encodes time, the
+    next three eighths the column (w), the last three eighths the row (h).
 
-    Returns (1 + T*H*W, dim) in (t, h, w) order, with a zero row for the CLS token first.
+    Returns (1 + T*H*W, dim), tokens in (t, h, w) order, with a zero row for the CLS token first.
     """
-    spatial_dim, temporal_dim = dim // 4 * 3, dim // 4
-    spatial_dim -= spatial_dim % 4
-    temporal_dim = dim - spatial_dim
-    temporal_dim -= temporal_dim % 2
+    if dim % 8:
+        raise ValueError(f"a 3D sin-cos table needs a width divisible by 8, got {dim}")
+    temporal_dim, spatial_dim = dim // 4, dim // 4 * 3
     hh, ww = np.meshgrid(np.arange(grid_h, dtype=np.float64), np.arange(grid_w, dtype=np.float64), indexing="ij")
-    spatial = np.concatenate([_sincos_1d(spatial_dim // 2, hh), _sincos_1d(spatial_dim // 2, ww)], axis=1)  # (HW, ds)
+    spatial = np.concatenate([_sincos_1d(spatial_dim // 2, ww), _sincos_1d(spatial_dim // 2, hh)], axis=1)  # (HW, ds)
     temporal = _sincos_1d(temporal_dim, np.arange(grid_t, dtype=np.float64))  # (T, dt)
-    emb = np.zeros((grid_t, grid_h * grid_w, dim))
-    emb[:, :, :spatial_dim] = spatial[None]
-    emb[:, :, spatial_dim:spatial_dim + temporal_dim] = temporal[:, None]
-    emb = emb.reshape(-1, dim)
+    emb = np.concatenate([np.repeat(temporal[:, None], grid_h * grid_w, axis=1),
+                          np.repeat(spatial[None], grid_t, axis=0)], axis=-1).reshape(-1, dim)
     if cls_token:
         emb = np.concatenate([np.zeros((1, dim)), emb], axis=0)
     return torch.from_numpy(emb).float()
@@ -129,11 +135,14 @@ class Attention(nn.Module):
         return self.proj(out.reshape(b, n, c))
 
 
+GELU_APPROXIMATION = {"gelu": "none", "gelu_tanh": "tanh"}
+
+
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, out_dim: int | None = None):
+    def __init__(self, dim: int, hidden: int, out_dim: int | None = None, act: str = "gelu"):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
+        self.act = nn.GELU(approximate=GELU_APPROXIMATION[act])
         self.fc2 = nn.Linear(hidden, out_dim or dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,13 +151,13 @@ class Mlp(nn.Module):
 
 class Block(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_dim: int, qk_norm: bool, layerscale_init: float,
-                 drop_path: float, backend: str):
+                 drop_path: float, backend: str, mlp_act: str = "gelu"):
         super().__init__()
         self.norm1 = RMSNorm(dim)
         self.attn = Attention(dim, num_heads, qk_norm, backend)
         self.ls1 = LayerScale(dim, layerscale_init)
         self.norm2 = RMSNorm(dim)
-        self.mlp = Mlp(dim, mlp_dim)
+        self.mlp = Mlp(dim, mlp_dim, act=mlp_act)
         self.ls2 = LayerScale(dim, layerscale_init)
         self.drop_path = DropPath(drop_path)
 
@@ -218,8 +227,7 @@ class EncoderOutput(NamedTuple):
 class InternVideo2(nn.Module):
     """InternVideo2 video encoder; `forward(video, visible)` runs only the visible tokens."""
 
-    def __init__(self, cfg: ViTConfig, pool_out_dim: int | None = None, pool_heads: int | None = None,
-                 device: torch.device | None = None):
+    def __init__(self, cfg: ViTConfig, pool_out_dim: int | None = None, device: torch.device | None = None):
         super().__init__()
         cfg = resolve_vit(cfg)
         self.cfg = cfg
@@ -230,13 +238,13 @@ class InternVideo2(nn.Module):
         self.num_patches = self.grid[0] * self.grid[1] * self.grid[2]
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.tubelet_size, d)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
-        # fixed sin-cos table, kept as a frozen parameter so it travels in checkpoints as released
-        self.pos_embed = nn.Parameter(sincos_3d(d, *self.grid).unsqueeze(0), requires_grad=False)
+        # sin-cos initialized and trained, as released (model.train_pos_embed=false keeps it fixed)
+        self.pos_embed = nn.Parameter(sincos_3d(d, *self.grid).unsqueeze(0), requires_grad=cfg.train_pos_embed)
         rates = [cfg.drop_path * i / max(1, cfg.depth - 1) for i in range(cfg.depth)]  # stochastic depth grows with depth
         self.blocks = nn.ModuleList(
-            Block(d, cfg.num_heads, cfg.mlp_dim, cfg.qk_norm, cfg.layerscale_init, rates[i], self.backend)
+            Block(d, cfg.num_heads, cfg.mlp_dim, cfg.qk_norm, cfg.layerscale_init, rates[i], self.backend, cfg.mlp_act)
             for i in range(cfg.depth))
-        self.clip_projector = AttentionPooling(d, pool_heads or cfg.num_heads, pool_out_dim or d)
+        self.clip_projector = AttentionPooling(d, cfg.pool_heads, pool_out_dim or d)
         self.apply(_init_weights)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         for i, blk in enumerate(self.blocks):  # depth-scaled init of the residual outputs

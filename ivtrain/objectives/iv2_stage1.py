@@ -85,11 +85,12 @@ class Stage1Student(nn.Module):
         self.encoder = encoder
         self.semantic_index = tuple(range(encoder.depth - semantic_layers, encoder.depth))
         self.motion_index = tuple(range(encoder.depth - motion_layers, encoder.depth))
-        # the heads get their own (fixed) position embedding: the visible tokens are gathered
-        # out of order, and the heads must know where each one sits
+        # the heads get their own position tables (the visible tokens are gathered out of order, and the heads
+        # must know where each one sits); sin-cos initialized and trained like the encoder's, as released
         table = sincos_3d(d, *encoder.grid).unsqueeze(0)
-        self.clip_pos_embed = nn.Parameter(table.clone(), requires_grad=False)
-        self.mae_pos_embed = nn.Parameter(table[:, 1:].clone(), requires_grad=False)
+        trained = encoder.cfg.train_pos_embed
+        self.clip_pos_embed = nn.Parameter(table.clone(), requires_grad=trained)
+        self.mae_pos_embed = nn.Parameter(table[:, 1:].clone(), requires_grad=trained)
         self.clip_decoder = nn.ModuleList(LinearHead(d, semantic_dim) for _ in self.semantic_index)
         self.final_clip_decoder = LinearHead(pooled_dim, pooled_dim)
         self.mae_decoder = nn.ModuleList(MLPHead(d, motion_dim) for _ in self.motion_index)
