@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt constraints-lock.txt | $(BIN)
 
 # open_clip (and PyPI's torchvision, a CUDA build) go beside the venv, not into it: importable there,
 # torchvision breaks every transformers model import. Only the processes that use open_clip add this
-# folder to PYTHONPATH (ivtrain.models.open_clip_tower explains the import).
+# folder to PYTHONPATH (ivkit.open_clip_tower explains the import).
 $(VENV)/.open_clip: $(VENV)/.installed
 	$(BIN)/pip install -q --no-deps --target $(VENV)/open_clip_site open_clip_torch==3.3.0 torchvision==0.28.0 \
 	  timm==1.0.31 ftfy==6.3.1 wcwidth==0.9.4

@@ -20,10 +20,12 @@ data_app = typer.Typer(help="Data engine stages: ingest -> probe -> split -> cut
                         no_args_is_help=True)
 manifest_app = typer.Typer(help="Query the manifest with SQL, select subsets, export, migrate.", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluate trained encoders.", no_args_is_help=True)
+models_app = typer.Typer(help="Model directories for demos and tests.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(data_app, name="data")
 app.add_typer(manifest_app, name="manifest")
 app.add_typer(eval_app, name="eval")
+app.add_typer(models_app, name="models")
 
 
 # ------------------------------------------------------------------------------------------ corpus
@@ -168,15 +170,6 @@ def data_samples(out: Path = typer.Argument(..., help="Folder to write the sampl
     console.print(f"wrote {len(list(out.glob('*.mp4')))} videos to {out}")
 
 
-@data_app.command("tiny-models")
-def data_tiny_models(out: Path = typer.Argument(..., help="Folder for the model dirs.")):
-    """Build tiny random-weight models (LLM, audio tagger, image captioner) for demos and tests.
-    Their captions are noise; they exercise the same loading and batching code as real weights."""
-    from ivdata.annotate.tiny import build_demo_models
-    for name, path in build_demo_models(out).items():
-        console.print(f"{name}: {path}")
-
-
 @data_app.command("build")
 def data_build(sources: List[str] = typer.Argument(...), corpus: str = CorpusOpt,
                split: str = typer.Option("shots"), cut: str = typer.Option("copy"),
@@ -193,6 +186,20 @@ def data_build(sources: List[str] = typer.Argument(...), corpus: str = CorpusOpt
     report_stats("split", pipeline.split(c, SplitConfig(method=split), workers=workers))
     report_stats("cut", pipeline.cut(c, CutConfig(mode=cut, short_side=short_side, fps=fps), workers=workers))
     report_stats("shard", pipeline.shard(c, ShardConfig(maxcount=maxcount), workers=workers))
+
+
+# ------------------------------------------------------------------------------------------- models
+@models_app.command("tiny")
+def models_tiny(out: Path = typer.Argument(..., help="Folder for the model dirs (give it to tiny recipes as "
+                                           "--set assets=OUT).")):
+    """Write every tiny random-weight model the tiny recipes and the demo use: the training objectives' teachers,
+    tokenizers and towers (OUT/<name>), and the annotation engine's captioner, audio tagger and LLM (OUT/annotate/).
+    Their outputs are noise; they exercise the same loading, batching and training code as real weights."""
+    from ivdata.annotate.tiny import build_demo_models
+    from ivtrain.cli import models_tiny_assets
+    written = {**models_tiny_assets(out), **{f"annotate/{k}": str(v) for k, v in build_demo_models(out / "annotate").items()}}
+    for name, path in written.items():
+        console.print(f"{name}: {path}")
 
 
 # ----------------------------------------------------------------------------------------- manifest

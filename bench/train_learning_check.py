@@ -64,7 +64,7 @@ TEACHER = dict(hidden=96, layers=4, mask="future", augment=False)
 # the objects; a random tiny CLIP's attention keeps random tokens, and hiding 75 % of four small
 # objects leaves too little motion to infer), and a higher, slowly decaying learning rate, so that a
 # CPU run of a few thousand steps gets past the plateau a tubelet-1 ViT sits on before it relates frames.
-STUDENT_OVERRIDES = ["mask.ratio=0.5", "optim.lr=2e-3", "optim.min_lr=2e-4", "optim.warmup_steps=100"]
+STUDENT_OVERRIDES = ["iv2_stage1.mask.ratio=0.5", "optim.lr=2e-3", "optim.min_lr=2e-4", "optim.warmup_steps=100"]
 
 
 def learning_check(work: Path, train_per_class: int = 64, eval_per_class: int = 32, distill_per_class: int = 512,
@@ -94,8 +94,8 @@ def learning_check(work: Path, train_per_class: int = 64, eval_per_class: int = 
     t_teacher = time.time() - t0
 
     run_dir = work / "student"
-    sets = [f"data.shards={distill_shards}", f"teachers.semantic.path={teachers / 'tiny_clip'}",
-            f"teachers.motion.path={teachers / 'tiny_videomae'}", f"train.out_dir={run_dir}",
+    sets = [f"data.shards={distill_shards}", f"iv2_stage1.teachers.semantic.path={teachers / 'tiny_clip'}",
+            f"iv2_stage1.teachers.motion.path={teachers / 'tiny_videomae'}", f"train.out_dir={run_dir}",
             f"train.steps={student_steps}", "train.ckpt_every=0", "train.log_every=250",
             f"data.batch_size={student_batch}", "train.tensorboard=false", "train.resume=false", *STUDENT_OVERRIDES]
     t0 = time.time()

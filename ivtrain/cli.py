@@ -38,10 +38,19 @@ def train(recipe: Path = typer.Argument(..., exists=True, dir_okay=False,
     raise typer.Exit(run_recipe(r))
 
 
+def models_tiny_assets(out: Path) -> dict[str, str]:
+    """The training half of `iv models tiny`: every tiny model a tiny training recipe reads."""
+    from ivtrain.objectives import write_tiny_assets
+
+    return write_tiny_assets(out)
+
+
 def probe(train_shards: str = typer.Argument(..., help="labeled shards to fit the probe (.wids.json, .txt, dir)"),
           eval_shards: str = typer.Argument(..., help="labeled shards to score it"),
-          run: Optional[Path] = typer.Option(None, "--run", help="finished training run dir (recipe.json + student.safetensors)"),
-          recipe: Optional[Path] = typer.Option(None, "--recipe", help="with --random-init: the recipe whose encoder to build"),
+          run: Optional[Path] = typer.Option(None, "--run", help="finished training run dir of any objective "
+                                             "(export.json + encoder.safetensors)"),
+          recipe: Optional[Path] = typer.Option(None, "--recipe", help="with --random-init: the recipe whose encoder to "
+                                                "build (or --run with --random-init: that run's architecture)"),
           set: list[str] = typer.Option([], "--set", help="overrides for --recipe"),
           random_init: bool = typer.Option(False, "--random-init", help="probe a randomly initialized encoder (baseline)"),
           epochs: int = typer.Option(100, help="probe training epochs (with --features stream, one encoder pass each)"),
@@ -61,12 +70,12 @@ def probe(train_shards: str = typer.Argument(..., help="labeled shards to fit th
 
     if run is None and recipe is None:
         raise typer.BadParameter("give --run DIR, or --recipe with --random-init")
-    r = load_recipe(recipe, set) if recipe is not None else None
     try:
+        r = load_recipe(recipe, set) if recipe is not None else None
         result = run_probe(train_shards, eval_shards, run_dir=run, recipe=r, random_init=random_init,
                            epochs=epochs, lr=lr, seed=seed, device=device, batch_size=batch_size,
                            features=features, cache_dtype=cache_dtype)
-    except ValueError as e:  # bad option values, unlabeled shards, unknown eval labels: no traceback
+    except (ValueError, FileNotFoundError) as e:  # bad options, unlabeled shards, unknown labels, no export
         typer.echo(f"probe error: {e}", err=True)
         raise typer.Exit(2)
     text = json.dumps(result.to_dict(), indent=2)
@@ -75,19 +84,21 @@ def probe(train_shards: str = typer.Argument(..., help="labeled shards to fit th
         out.write_text(text)
 
 
-def convert(source: Path = typer.Argument(..., help="checkpoint: released .pth (stage-1 or stage-2 layout), or ivkit student.safetensors"),
+def convert(source: Path = typer.Argument(..., help="a finished run dir, or a checkpoint: released .pth (stage-1 or "
+                                          "stage-2 layout), or safetensors in ivkit's layout"),
             out: Path = typer.Argument(..., help="output file (.pth with {'model': ...}, or .safetensors)"),
             to: str = typer.Option("ivkit", "--to", help="target layout: ivkit | stage1 | stage2"),
             ) -> None:
     """Convert InternVideo2 weights between layouts and print the key/shape summary."""
     from ivtrain.convert import ConversionError, detect_layout, from_ivkit, load_checkpoint, to_ivkit
+    from ivtrain.export import ExportError
 
-    sd = load_checkpoint(source)
     try:
+        sd = load_checkpoint(source)
         layout = detect_layout(sd)
         ivkit, unused = to_ivkit(sd, layout)
         target = from_ivkit(ivkit, to)
-    except ConversionError as e:
+    except (ConversionError, ExportError) as e:
         raise typer.BadParameter(str(e), param_hint="source")
     if out.suffix == ".safetensors":
         from safetensors.torch import save_file

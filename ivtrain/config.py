@@ -1,26 +1,45 @@
-"""Training recipes: the dataclass tree of a stage's YAML (recipes/iv2_stage1_*.yaml).
+"""Training recipes: the sections every objective shares, plus one section that belongs to the objective.
 
-`load_recipe(path, overrides)` reads the YAML, applies `a.b.c=value` overrides (values parsed as
-YAML), and builds the tree through ivkit.typed_yaml, which fails with the dotted path of any unknown
-or ill-typed key; `validate` then checks the rules that tie keys together.
+A recipe YAML names its objective and carries that objective's section under the same name:
+
+    objective: iv2_stage1
+    assets: runs/assets           # optional: "${assets}" in any string value is replaced by this
+    data:  {...}                  # DataConfig: the shard sets and how samples are decoded and batched
+    optim: {...}                  # OptimConfig
+    train: {...}                  # TrainConfig
+    iv2_stage1: {...}             # the objective's own dataclass, defined and validated in its file
+
+`load_recipe(path, overrides)` reads the YAML, applies `a.b.c=value` overrides (values parsed as YAML), fills
+`${assets}`, and builds the tree through ivkit.typed_yaml, which fails with the dotted path of any unknown,
+missing or ill-typed key; then the common rules (`validate`) and the objective's own (`Objective.validate`)
+run, all before any work starts.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ivkit.typed_yaml import ConfigError, apply_override, build, read_mapping
 
-__all__ = ["ConfigError", "Recipe", "load_recipe", "to_dict", "validate"]
+__all__ = ["ConfigError", "DataConfig", "OptimConfig", "Recipe", "SourceConfig", "TrainConfig", "load_recipe",
+           "build_recipe", "to_dict", "validate"]
+
+
+@dataclass
+class SourceConfig:
+    """One shard set of a weighted mixture."""
+    shards: str                      # a .wids.json index, a .txt shard list, a directory of .tar, or a .tar
+    name: str = ""                   # how metrics and checkpoints name it (default: source0, source1, ...)
+    weight: float = 1.0              # share of the batches drawn from it
 
 
 @dataclass
 class DataConfig:
-    shards: str = ""                 # a .wids.json index, a .txt shard list, a directory of .tar, or a .tar
-    num_frames: int = 8              # frames the student sees
-    teacher_frames: int = 16         # frames sampled per clip; the student takes every (teacher_frames // num_frames)-th
+    shards: str = ""                 # one shard set (shorthand for a single source); or
+    sources: list[SourceConfig] = field(default_factory=list)   # several, each batch drawn from one by weight
+    num_frames: int = 8              # frames sampled per clip (an objective may take a subset: stage 1's student)
     image_size: int = 224
     scales: list[float] = field(default_factory=lambda: [1.0, 0.875, 0.75, 0.66])
     max_distort: int = 1             # MultiScaleCrop: how far apart the width and height scale may be
@@ -36,54 +55,11 @@ class DataConfig:
     label_key: str = "label"         # json field returned as the label when present
     index_cache: str = ""            # per-shard member offsets: "" -> $XDG_CACHE_HOME/ivkit/shard_index, "off", or a dir
 
-
-@dataclass
-class ViTConfig:
-    size: str = "tiny"               # tiny | b | l | 1b | 6b ; fields below that are set override the preset
-    img_size: int = 0
-    patch_size: int = 0
-    num_frames: int = 0
-    tubelet_size: int = 1
-    embed_dim: int = 0
-    depth: int = 0
-    num_heads: int = 0
-    mlp_dim: int = 0
-    pool_heads: int = 0              # attention-pooling heads (16 in every released size, whatever num_heads is)
-    mlp_act: Literal["", "gelu", "gelu_tanh"] = ""   # "": the preset's (released sizes: gelu_tanh, as trained)
-    train_pos_embed: bool = True     # position tables are trained (sin-cos start, no weight decay), as released
-    qk_norm: bool = True
-    layerscale_init: float = 0.1
-    drop_path: float = 0.0
-    attn_backend: Literal["auto", "sdpa", "flash"] = "auto"
-    checkpoint_activations: bool = False
-
-
-@dataclass
-class TeacherConfig:
-    path: str = ""                   # local directory holding the model (config + weights)
-    backend: Literal["transformers", "open_clip"] = "transformers"
-    layers: int = 0                  # how many last layers to tap; 0 -> loss.align_layers
-
-
-@dataclass
-class TeachersConfig:
-    semantic: TeacherConfig = field(default_factory=TeacherConfig)
-    motion: TeacherConfig = field(default_factory=TeacherConfig)
-    dtype: Literal["auto", "bf16", "fp32"] = "auto"   # auto: bf16 on CUDA, fp32 on CPU
-
-
-@dataclass
-class MaskConfig:
-    type: Literal["attention", "tube", "random"] = "attention"
-    ratio: float = 0.8               # fraction of tokens hidden from the student
-
-
-@dataclass
-class LossConfig:
-    align_layers: int = 6            # last-K student layers aligned to the last-K semantic teacher layers
-    semantic_weight: float = 1.0     # last-K layer alignment to the semantic teacher
-    pooled_weight: float = 1.0       # pooled student output vs semantic teacher pooled feature
-    motion_weight: float = 1.0       # last-K layer alignment to the motion teacher
+    def source_list(self) -> list[SourceConfig]:
+        """The mixture's sources, named (`shards` alone is one source named `default`)."""
+        if self.sources:
+            return [dataclasses.replace(s, name=s.name or f"source{i}") for i, s in enumerate(self.sources)]
+        return [SourceConfig(shards=self.shards, name="default")]
 
 
 @dataclass
@@ -97,7 +73,7 @@ class OptimConfig:
     eps: float = 1e-6
     warmup_steps: int = 0            # linear warmup from 0 (as released: the first step's lr is 0)
     warmup_epochs: float = 0.0       # or the warmup in epochs of the training data (not both)
-    layer_decay: float = 1.0         # < 1: layer-wise LR decay (deeper layers learn faster)
+    layer_decay: float = 1.0         # < 1: layer-wise LR decay in every tower with numbered layers
     clip_grad: float = 3.0
 
 
@@ -109,69 +85,151 @@ class TrainConfig:
     zero_stage: int = 1
     bf16: bool = False
     seed: int = 0
-    out_dir: str = "runs/iv2_stage1"
+    out_dir: str = "runs/train"
     ckpt_every: int = 0              # 0: only at exit
     keep_last: int = 2
     log_every: int = 1
     tensorboard: bool = True
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = "auto"             # auto | cpu | cuda
     resume: bool = True              # continue from the newest checkpoint in out_dir when there is one
     allow_data_change: bool = False  # resume although the seed, shuffle or shards differ from the checkpoint's
                                      # (the run then goes on at the same sample position of the new order)
     peak_tflops: float = 0.0         # per-device peak for MFU; 0: known CUDA devices only (no MFU on CPU)
-    export: bool = True              # write student.safetensors (plain weights) at the end
+    export: bool = True              # write the objective's artifacts (safetensors) at the end
     max_nonfinite_in_a_row: int = 50  # this many NaN/inf micro batches in a row stop the run (bad teacher, diverged)
     debug_kill_at_step: int = 0      # fault injection for resume tests: SIGKILL this process after that step
 
 
 @dataclass
 class Recipe:
-    objective: str = "iv2_stage1"
+    objective: str
+    section: Any                     # the objective's dataclass, written under the key named by `objective`
     data: DataConfig = field(default_factory=DataConfig)
-    model: ViTConfig = field(default_factory=ViTConfig)
-    teachers: TeachersConfig = field(default_factory=TeachersConfig)
-    mask: MaskConfig = field(default_factory=MaskConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    assets: str = ""
+    objective_module: str = ""       # a module to import first that registers the objective (one outside ivtrain)
+
+
+COMMON = ("objective", "objective_module", "assets", "data", "optim", "train")
+# keys of the recipe layout before objectives had sections of their own: where each went
+MOVED = {"model": "{o}.model", "teachers": "{o}.teachers", "mask": "{o}.mask", "loss": "{o}.loss",
+         "data.teacher_frames": "data.num_frames (the frames the loader samples: the teachers' 16) with "
+                                "{o}.student_frames (the student's 8)"}
+
+
+def _moved_keys(raw: dict, objective: str) -> None:
+    for old, new in MOVED.items():
+        head, _, tail = old.partition(".")
+        present = tail in (raw.get(head) or {}) if tail else head in raw
+        if present:
+            raise ConfigError(f"recipe key {old} has moved to {new.format(o=objective)} (recipes now keep an "
+                              f"objective's own keys in a section named after it: README, Training)")
+
+
+def _fill_assets(node: Any, assets: str, where: str = "") -> Any:
+    if isinstance(node, dict):
+        return {k: _fill_assets(v, assets, f"{where}.{k}" if where else str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_fill_assets(v, assets, f"{where}[{i}]") for i, v in enumerate(node)]
+    if isinstance(node, str) and "${assets}" in node:
+        if not assets:
+            raise ConfigError(f"{where} uses ${{assets}}: set assets=DIR (`iv models tiny DIR` writes the tiny models "
+                              "the tiny recipes use)")
+        return node.replace("${assets}", assets.rstrip("/"))
+    return node
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
+                objective: str | None = None) -> Recipe:
+    """Read a YAML recipe (or start from the defaults of `objective` when path is None), apply overrides."""
+    raw = read_mapping(path) if path is not None else ({"objective": objective} if objective else {})
+    for ov in overrides:
+        apply_override(raw, ov)
+    return build_recipe(raw)
+
+
+def build_recipe(raw: dict) -> Recipe:
+    """A recipe from its plain mapping (a YAML file's, or a run's recipe.json), checked as load_recipe does."""
+    from ivtrain.objectives import objective_class
+
+    name = raw.get("objective")
+    if not isinstance(name, str) or not name:
+        raise ConfigError("the recipe names no objective (objective: iv2_stage1, ...)")
+    cls = objective_class(name, str(raw.get("objective_module") or ""))
+    _moved_keys(raw, name)
+    raw = _fill_assets(raw, str(raw.get("assets") or ""))
+    extra = sorted(set(raw) - set(COMMON) - {name})
+    if extra:
+        raise ConfigError(f"unknown key {extra[0]}: a recipe holds {', '.join(COMMON)} and the section of its "
+                          f"objective ({name})" + (" - a section for another objective does not belong in it"
+                                                  if _is_objective(extra[0]) else ""))
+    common = build(_Common, {k: raw[k] for k in COMMON if k in raw})
+    section = build(cls.Config, raw.get(name) or {}, name)
+    recipe = Recipe(objective=name, section=section, data=common.data, optim=common.optim, train=common.train,
+                    assets=common.assets, objective_module=common.objective_module)
+    validate(recipe)
+    cls.validate(recipe)
+    return recipe
+
+
+@dataclass
+class _Common:
+    objective: str
+    objective_module: str = ""
+    assets: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read a YAML recipe (or start from the defaults when path is None) and apply overrides."""
-    raw = read_mapping(path) if path is not None else {}
-    for ov in overrides:
-        apply_override(raw, ov)
-    recipe = build(Recipe, raw)
-    validate(recipe)
-    return recipe
+def _is_objective(name: str) -> bool:
+    from ivtrain.objectives import OBJECTIVES
+    return name in OBJECTIVES
 
 
 def validate(r: Recipe) -> None:
+    """The rules of the common sections."""
     d = r.data
-    if d.num_frames <= 0 or d.teacher_frames % d.num_frames:
-        raise ConfigError(f"data.teacher_frames ({d.teacher_frames}) must be a multiple of data.num_frames ({d.num_frames})")
+    if bool(d.shards) == bool(d.sources):
+        raise ConfigError("set data.shards (one shard set) or data.sources (a weighted mixture), not both or neither")
+    names = [s.name for s in d.source_list()]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"data.sources: names must differ, got {names}")
+    if any(s.weight <= 0 for s in d.source_list()):
+        raise ConfigError("data.sources: every weight must be positive")
+    if d.num_frames <= 0 or d.image_size <= 0:
+        raise ConfigError("data.num_frames and data.image_size must be positive")
     if d.batch_size <= 0:
         raise ConfigError("data.batch_size must be positive")
-    if not 0.0 <= r.mask.ratio < 1.0:
-        raise ConfigError(f"mask.ratio must be in [0, 1), got {r.mask.ratio}")
-    if (r.train.steps > 0) == (r.train.epochs > 0):
-        raise ConfigError(f"set one of train.steps and train.epochs to a positive number (steps {r.train.steps}, "
-                          f"epochs {r.train.epochs})")
-    if r.train.steps < 0 or r.train.epochs < 0:
+    if d.num_workers < 0:
+        raise ConfigError("data.num_workers cannot be negative")
+    t, o = r.train, r.optim
+    if (t.steps > 0) == (t.epochs > 0):
+        raise ConfigError(f"set one of train.steps and train.epochs to a positive number (steps {t.steps}, "
+                          f"epochs {t.epochs})")
+    if t.steps < 0 or t.epochs < 0:
         raise ConfigError("train.steps and train.epochs cannot be negative")
-    if r.optim.warmup_steps and r.optim.warmup_epochs:
+    if o.warmup_steps and o.warmup_epochs:
         raise ConfigError("set optim.warmup_steps or optim.warmup_epochs, not both")
-    if r.optim.warmup_steps < 0 or r.optim.warmup_epochs < 0 or r.optim.lr_base_batch < 0:
+    if o.warmup_steps < 0 or o.warmup_epochs < 0 or o.lr_base_batch < 0:
         raise ConfigError("optim.warmup_steps, optim.warmup_epochs and optim.lr_base_batch cannot be negative")
-    if r.train.log_every < 1:
-        raise ConfigError(f"train.log_every must be >= 1, got {r.train.log_every}")
-    if r.train.zero_stage not in (0, 1, 2, 3):
-        raise ConfigError(f"train.zero_stage must be 0-3, got {r.train.zero_stage}")
-    if r.train.grad_accum < 1:
+    if t.log_every < 1:
+        raise ConfigError(f"train.log_every must be >= 1, got {t.log_every}")
+    if t.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"train.zero_stage must be 0-3, got {t.zero_stage}")
+    if t.grad_accum < 1:
         raise ConfigError("train.grad_accum must be >= 1")
-    if len(r.optim.betas) != 2:
+    if t.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"train.device must be auto, cpu or cuda, got {t.device!r}")
+    if len(o.betas) != 2:
         raise ConfigError("optim.betas must hold two numbers")
 
 
-def to_dict(obj: Any) -> dict:
-    return dataclasses.asdict(obj)
+def to_dict(recipe: Recipe) -> dict:
+    """The recipe as the YAML that would rebuild it (the objective's section under its name)."""
+    out = {"objective": recipe.objective, "objective_module": recipe.objective_module, "assets": recipe.assets,
+           "data": dataclasses.asdict(recipe.data),
+           "optim": dataclasses.asdict(recipe.optim), "train": dataclasses.asdict(recipe.train)}
+    out[recipe.objective] = dataclasses.asdict(recipe.section)
+    return out

@@ -45,7 +45,15 @@ def unwrap(obj) -> dict[str, torch.Tensor]:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a file (.safetensors, or a torch file loaded weights-only), or from a finished run dir:
+    its encoder (as encoder.*) and, where the objective exports them, its stage-1 heads, in ivkit's layout."""
     path = Path(path)
+    if path.is_dir():
+        from ivtrain.export import load_artifact, read_export
+
+        artifacts = read_export(path)["artifacts"]
+        sd = {f"encoder.{k}": v for k, v in load_artifact(path, "encoder").items()}
+        return {**sd, **(load_artifact(path, "heads") if "heads" in artifacts else {})}
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -117,13 +125,14 @@ class ShapeReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # key, checkpoint, model
     unused: list[str] = field(default_factory=list)   # source keys outside this trainer (e.g. text towers)
+    adapted: list[str] = field(default_factory=list)  # tensors made to fit, and how (position tables resized)
 
     @property
     def ok(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched)
 
     def __str__(self) -> str:
-        lines = [f"{self.matched} tensors match"]
+        lines = [f"{self.matched} tensors match"] + [f"adapted: {a}" for a in self.adapted]
         for k, a, b in self.mismatched:
             lines.append(f"shape mismatch {k}: checkpoint {list(a)} vs model {list(b)}")
         lines += [f"missing from checkpoint: {k}" for k in self.missing]

@@ -32,16 +32,16 @@ def train_tiny_videomae(out: Path, shards: str | None, steps: int, image_size: i
     from transformers import VideoMAEForPreTraining
 
     from ivtrain.data.masking import tube_mask
-    from ivtrain.data.shards import make_loader
+    from ivtrain.data.loader import video_loader
 
     torch.manual_seed(seed)
     cfg = tiny_videomae_config(image_size=image_size, num_frames=frames, hidden=hidden, layers=layers)
     model = VideoMAEForPreTraining(cfg)
     info = {"first_loss": None, "last_loss": None, "steps": 0}
     if shards:
-        data = DataConfig(shards=shards, num_frames=frames, teacher_frames=frames, image_size=image_size,
+        data = DataConfig(shards=shards, num_frames=frames, image_size=image_size,
                           batch_size=batch_size, num_workers=2, train=augment)
-        loader, _ = make_loader(data, seed=seed)
+        loader, _ = video_loader(data, frames, seed=seed)
         grid = image_size // cfg.patch_size
 
         def masked_pixel_loss(video, batch):
@@ -69,12 +69,13 @@ def finetune_on_labels(encoder, cfg, shards: str, steps: int, image_size: int, f
     InternVideo2's motion teacher (VideoMAEv2-g) is fine-tuned on K710. Returns (encoder, info)."""
     from transformers import VideoMAEForVideoClassification
 
-    from ivtrain.data.shards import make_loader
+    from ivtrain.data.loader import video_loader
 
-    data = DataConfig(shards=shards, num_frames=frames, teacher_frames=frames, image_size=image_size,
+    data = DataConfig(shards=shards, num_frames=frames, image_size=image_size,
                       batch_size=batch_size, num_workers=2, train=augment, flip=False)  # a flip turns left into right
-    loader, stream = make_loader(data, seed=seed + 1)
-    classes = sorted({stream.index.metadata(i).get("label") for i in range(len(stream.index))}, key=str)
+    loader, stream = video_loader(data, frames, seed=seed + 1)
+    index = stream.sources[0].index
+    classes = sorted({index.metadata(i).get("label") for i in range(len(index))}, key=str)
     if None in classes:
         raise ValueError(f"{shards}: fine-tuning the motion teacher needs labeled shards")
     cfg = copy.deepcopy(cfg)
@@ -99,13 +100,13 @@ def finetune_on_labels(encoder, cfg, shards: str, steps: int, image_size: int, f
 @torch.no_grad()
 def classifier_accuracy(model, classes: list, data: DataConfig) -> float:
     """Accuracy of a VideoMAEForVideoClassification over one pass of `data` (evaluation sampling)."""
-    from ivtrain.data.shards import make_loader
+    from ivtrain.data.loader import video_loader
 
-    loader, _ = make_loader(replace(data, shuffle=False), epochs=1)
+    loader, _ = video_loader(replace(data, shuffle=False), data.num_frames, epochs=1)
     model.eval()
     right = total = 0
     for batch in loader:
-        if batch["video"] is None:
+        if not batch["size"]:
             continue
         pred = model(pixel_values=normalize(batch["video"], data.mean, data.std).transpose(1, 2)).logits.argmax(-1)
         right += sum(classes[int(i)] == lb for i, lb in zip(pred, batch["labels"]))
@@ -122,7 +123,7 @@ def fit(model, loader, data: DataConfig, loss_of, steps: int, lr: float) -> dict
     model.train()
     losses = []
     for _, batch in zip(range(steps), loader):
-        if batch["video"] is None:
+        if not batch["size"]:
             continue
         loss = loss_of(normalize(batch["video"], data.mean, data.std), batch)
         opt.zero_grad()

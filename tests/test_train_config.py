@@ -12,18 +12,20 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 def test_tiny_recipe_loads_typed():
     r = load_recipe(RECIPES / "iv2_stage1_tiny.yaml")
     assert isinstance(r, Recipe)
-    assert r.model.size == "tiny" and r.data.num_frames == 4 and r.data.teacher_frames == 8
+    assert r.objective == "iv2_stage1" and r.section.model.size == "tiny"
+    assert r.section.student_frames == 4 and r.data.num_frames == 8
+    assert r.section.teachers.semantic.path == "runs/assets/tiny_clip"   # ${assets} filled
     assert isinstance(r.optim.lr, float) and r.optim.lr == pytest.approx(1e-3)
 
 
 def test_dotted_overrides_are_parsed_and_typed():
     r = load_recipe(RECIPES / "iv2_stage1_tiny.yaml",
-                    ["optim.lr=1e-3", "train.zero_stage=2", "data.scales=[1.0, 0.5]", "mask.type=tube",
-                     "teachers.motion.path=/x/y", "optim.warmup_steps=7"])
+                    ["optim.lr=1e-3", "train.zero_stage=2", "data.scales=[1.0, 0.5]", "iv2_stage1.mask.type=tube",
+                     "iv2_stage1.teachers.motion.path=/x/y", "optim.warmup_steps=7"])
     assert r.optim.lr == 1e-3 and r.train.zero_stage == 2 and r.data.scales == [1.0, 0.5]
-    assert r.mask.type == "tube" and r.teachers.motion.path == "/x/y" and r.optim.warmup_steps == 7
+    assert r.section.mask.type == "tube" and r.section.teachers.motion.path == "/x/y" and r.optim.warmup_steps == 7
     # an int where a float is expected is widened
-    assert load_recipe(None, ["optim.lr=1", "train.steps=5"]).optim.lr == 1.0
+    assert load_recipe(None, ["optim.lr=1", "train.steps=5", "data.shards=x"], objective="iv2_stage1").optim.lr == 1.0
 
 
 @pytest.mark.parametrize("override, message", [
@@ -32,11 +34,22 @@ def test_dotted_overrides_are_parsed_and_typed():
     ("train.steps=ten", "train.steps: expected an integer"),
     ("train.steps=1.5", "train.steps: expected an integer"),
     ("train.bf16=3", "train.bf16: expected true/false"),
-    ("mask.type=blocks", "mask.type: 'blocks' is not one of"),
+    ("iv2_stage1.mask.type=blocks", "iv2_stage1.mask.type: 'blocks' is not one of"),
     ("data.scales=0.5", "data.scales: expected a list"),
     ("optim=3", "optim: expected a mapping"),
-    ("mask.ratio=1.0", "mask.ratio must be in [0, 1)"),
-    ("data.teacher_frames=6", "must be a multiple of data.num_frames"),
+    ("iv2_stage1.mask.ratio=1.0", "iv2_stage1.mask.ratio must be in [0, 1)"),
+    ("iv2_stage1.student_frames=3", "must be a multiple of iv2_stage1.student_frames"),
+    ("iv2_stage1.model.size=huge", "iv2_stage1.model: unknown ViT size 'huge'"),
+    ("train.steps=0", "set one of train.steps and train.epochs"),
+    ("train.steps=-3", "set one of train.steps and train.epochs"),
+    ("train.log_every=0", "train.log_every must be >= 1"),
+    ("data.sources=[{shards: a}]", "set data.shards (one shard set) or data.sources"),
+    ("iv2_stage2.x=1", "unknown key iv2_stage2: a recipe holds objective"),
+    ("objective=nope", "unknown objective 'nope'"),
+    ("teachers.motion.path=/x", "recipe key teachers has moved to iv2_stage1.teachers"),
+    ("model.size=b", "recipe key model has moved to iv2_stage1.model"),
+    ("data.teacher_frames=16", "recipe key data.teacher_frames has moved to data.num_frames"),
+    ("assets=", "iv2_stage1.teachers.semantic.path uses ${assets}: set assets=DIR"),
     ("optim.lr", "must look like key.path=value"),
 ])
 def test_bad_keys_and_values_fail_clearly(override, message):
@@ -55,7 +68,8 @@ def test_missing_recipe_file():
     ("iv2_stage1_1b", 1408, 40, 16, 6144), ("iv2_stage1_6b", 3200, 48, 25, 12800)])
 def test_shipped_recipes_resolve_to_the_documented_sizes(name, dim, depth, heads, mlp):
     r = load_recipe(RECIPES / f"{name}.yaml")
-    v = resolve_vit(r.model)
+    v = resolve_vit(r.section.model)
     assert (v.embed_dim, v.depth, v.num_heads, v.mlp_dim) == (dim, depth, heads, mlp)
     if name != "iv2_stage1_tiny":
-        assert (v.patch_size, r.data.image_size, r.data.num_frames, r.data.teacher_frames) == (14, 224, 8, 16)
+        assert (v.patch_size, r.data.image_size, r.section.student_frames, r.data.num_frames) == (14, 224, 8, 16)
+        assert (v.pool_heads, v.mlp_act) == (16, "gelu_tanh")   # as released, whatever the blocks' head count

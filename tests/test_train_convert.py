@@ -4,7 +4,7 @@ import torch
 
 torch.set_num_threads(1)
 
-from ivtrain.config import ViTConfig  # noqa: E402
+from ivtrain.models.vit import ViTConfig  # noqa: E402
 from ivtrain.convert import (ConversionError, detect_layout, export_released, from_ivkit,  # noqa: E402
                              load_checkpoint, load_released, to_ivkit)
 from ivtrain.models.vit import InternVideo2  # noqa: E402

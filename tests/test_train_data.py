@@ -16,7 +16,8 @@ import train_synthetic  # noqa: E402
 
 from ivtrain.config import DataConfig  # noqa: E402
 from ivtrain.data.sampling import decode_decord, decode_pyav, sparse_uniform_indices  # noqa: E402
-from ivtrain.data.shards import ShardIndex, make_loader, resolve_shards  # noqa: E402
+from ivtrain.data.index import ShardIndex, resolve_shards  # noqa: E402
+from ivtrain.data.loader import make_loader as loader_of_stream, video_stream  # noqa: E402
 from ivtrain.data.transforms import clip_transform, multiscale_crop_box, normalize  # noqa: E402
 
 
@@ -36,9 +37,19 @@ def shards(videos, tmp_path_factory):
 
 
 def config(shards, **kw):
-    base = dict(shards=str(shards), num_frames=4, teacher_frames=8, image_size=32, batch_size=2, num_workers=0)
+    base = dict(shards=str(shards), num_frames=8, image_size=32, batch_size=2, num_workers=0)
     base.update(kw)
     return DataConfig(**base)
+
+
+def make_loader(cfg, seed=0, rank=0, world=1, start=0, epochs=None, keep_last=False, pin_memory=False):
+    """(loader, stream) of 8-frame clips of one shard set."""
+    stream = video_stream(cfg, cfg.num_frames, seed, rank, world, start, epochs, keep_last=keep_last)
+    return loader_of_stream(stream, cfg.num_workers, pin_memory), stream
+
+
+def position_of(batch) -> int:
+    return batch["position"]["sources"]["default"]
 
 
 def test_shard_sources_resolve_alike(shards):
@@ -67,7 +78,7 @@ def write_tar(path: Path, members: dict[str, bytes]) -> Path:
 def test_shard_index_reads_what_tarfile_extracts_and_is_cached_per_shard(shards, tmp_path, monkeypatch):
     import tarfile
 
-    from ivtrain.data import shards as shard_module
+    from ivtrain.data import index as shard_module
 
     paths, cache = resolve_shards(shards), tmp_path / "cache"
     index = ShardIndex(paths, cache)
@@ -161,8 +172,8 @@ def collect(loader, n):
 def test_batches_skip_and_count_corrupt_samples(shards):
     loader, stream = make_loader(config(shards), epochs=1)
     batches = list(loader)
-    assert len(batches) == stream.segment(0)[1] == 6
-    assert sum(b["skipped"] for b in batches) == 1
+    assert len(batches) == stream.source_stream().segment(0)[1] == 6
+    assert sum(b["skipped"].get("undecodable", 0) for b in batches) == 1
     assert sum(len(b["keys"]) for b in batches) == 11
     assert "clip00005" not in [k for b in batches for k in b["keys"]]
     full = [b for b in batches if len(b["keys"]) == 2][0]
@@ -174,9 +185,9 @@ def test_evaluation_keeps_the_partial_last_batch(shards):
     # 12 samples in batches of 5: training drops the last 2 (every step the same size); evaluation keeps them
     _, train_stream = make_loader(config(shards, batch_size=5, shuffle=False), epochs=1)
     loader, stream = make_loader(config(shards, batch_size=5, shuffle=False, train=False), epochs=1, keep_last=True)
-    assert train_stream.segment(0)[1] == 2 and stream.segment(0)[1] == 3
+    assert train_stream.source_stream().segment(0)[1] == 2 and stream.source_stream().segment(0)[1] == 3
     batches = list(loader)
-    assert [len(b["keys"]) + b["skipped"] for b in batches] == [5, 5, 2]
+    assert [len(b["keys"]) + sum(b["skipped"].values()) for b in batches] == [5, 5, 2]
     seen = [k for b in batches for k in b["keys"]]
     assert len(seen) == len(set(seen)) == 11  # every clip once, the corrupt one counted instead
 
@@ -184,22 +195,22 @@ def test_evaluation_keeps_the_partial_last_batch(shards):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
 def test_loader_pins_batches_for_a_cuda_consumer(shards):
     loader, _ = make_loader(config(shards, num_workers=1), epochs=1, pin_memory=True)
-    batch = next(b for b in loader if b["video"] is not None)
+    batch = next(b for b in loader if b["size"])
     assert batch["video"].is_pinned() and batch["video"].dtype == torch.uint8
 
 
 def test_workers_and_resume_reproduce_the_same_stream(shards):
     reference = collect(make_loader(config(shards))[0], 9)  # crosses an epoch boundary
     two_workers = collect(make_loader(config(shards, num_workers=2))[0], 9)
-    assert [b["position"] for b in reference] == [2, 4, 6, 8, 10, 12, 14, 16, 18]  # 12 clips: the epoch ends at 12
-    resumed = collect(make_loader(config(shards, num_workers=2), start=reference[3]["position"])[0], 5)
+    assert [position_of(b) for b in reference] == [2, 4, 6, 8, 10, 12, 14, 16, 18]  # 12 clips: the epoch ends at 12
+    resumed = collect(make_loader(config(shards, num_workers=2), start=position_of(reference[3]))[0], 5)
     for got, want in zip(two_workers, reference):
         assert got["keys"] == want["keys"] and got["position"] == want["position"]
         assert got["clip_seeds"] == want["clip_seeds"] and len(set(got["clip_seeds"])) == len(got["keys"])
-        assert (got["video"] is None and want["video"] is None) or torch.equal(got["video"], want["video"])
+        assert got["size"] == want["size"] and (not got["size"] or torch.equal(got["video"], want["video"]))
     for got, want in zip(resumed, reference[4:]):
         assert got["keys"] == want["keys"]
-        assert (got["video"] is None and want["video"] is None) or torch.equal(got["video"], want["video"])
+        assert got["size"] == want["size"] and (not got["size"] or torch.equal(got["video"], want["video"]))
     # the next epoch visits the samples in a new order
     epoch0 = [k for b in reference[:6] for k in b["keys"]]
     epoch1 = [k for b in reference[6:9] for k in b["keys"]]
@@ -225,7 +236,7 @@ def test_a_position_names_the_same_clips_under_any_world_size_and_batch_size(vid
     def step_keys(world, batch_size, start, steps):
         per_rank = [collect(make_loader(config(shards, batch_size=batch_size, train=False), rank=r, world=world,
                                         start=start, epochs=1)[0], steps) for r in range(world)]
-        positions = {b["position"] for rank in per_rank for b in rank[-1:]}
+        positions = {position_of(b) for rank in per_rank for b in rank[-1:]}
         assert len(positions) == 1  # every rank agrees on where the run stands
         return [sorted(k for rank in per_rank for k in rank[i]["keys"]) for i in range(steps)], positions.pop()
 
@@ -247,4 +258,4 @@ def test_a_position_names_the_same_clips_under_any_world_size_and_batch_size(vid
     assert two_ranks + resumed == one_rank
     # a position at the end of an epoch's shareable part moves on to the next epoch
     _, stream = make_loader(config(shards, batch_size=2), world=2, start=10)
-    assert next(stream.batches())[0] == 1
+    assert next(stream.source_stream().batches())[0] == 1

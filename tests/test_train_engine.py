@@ -3,6 +3,7 @@ one process and two (torchrun), ZeRO 0-3, gradient accumulation, exact resume af
 and on another number of processes;
 where CUDA is present, DeepSpeed bf16 on the GPU (NCCL) with a resume."""
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -40,8 +41,8 @@ def setup(tmp_path_factory):
 
 
 def overrides(setup, out_dir, *extra):
-    sets = [f"data.shards={setup['shards']}", f"teachers.semantic.path={setup['clip']}",
-            f"teachers.motion.path={setup['videomae']}", f"train.out_dir={out_dir}", "train.steps=6",
+    sets = [f"data.shards={setup['shards']}", f"iv2_stage1.teachers.semantic.path={setup['clip']}",
+            f"iv2_stage1.teachers.motion.path={setup['videomae']}", f"train.out_dir={out_dir}", "train.steps=6",
             "data.num_workers=1", *extra]
     return [a for s in sets for a in ("--set", s)]
 
@@ -117,13 +118,13 @@ def test_one_process_zero1_resumes_exactly_after_sigkill(setup, straight, tmp_pa
     # the metrics a run reports
     reference = {m["step"]: m for m in losses(straight)}
     last = reference[6]
-    for key in ("samples_per_s", "step_time_s", "time/teachers_s", "time/student_s", "tflops_per_s",
+    for key in ("samples_per_s", "step_time_s", "time/teachers_s", "time/trainable_s", "tflops_per_s",
                 "memory_gb", "data/skipped_samples", "nonfinite_steps", "data/position"):
         assert key in last
     assert last["data/position"] == 12 and last["data/epoch"] == 12 / 16  # 6 steps of 2 of the 16 clips
     assert reference[1]["lr"] < reference[2]["lr"]  # warmup, then cosine
     assert any((straight / "tensorboard").iterdir())
-    assert (straight / "student.safetensors").stat().st_size > 0
+    assert (straight / "encoder.safetensors").stat().st_size > 0 and (straight / "export.json").exists()
 
 
 def terminate_after_two_steps(args, out: Path) -> tuple[int, str]:
@@ -171,8 +172,9 @@ def test_two_processes_stop_together_on_sigterm_and_resume(setup, tmp_path):
 
 
 def exported(run_dir):
-    from safetensors.torch import load_file
-    return load_file(str(Path(run_dir) / "student.safetensors"))
+    """Every exported tensor of a run (stage 1: its encoder and its heads)."""
+    from ivtrain.convert import load_checkpoint
+    return load_checkpoint(run_dir)
 
 
 @pytest.mark.parametrize("zero", [0, 3])
@@ -352,7 +354,7 @@ def test_resume_refuses_a_changed_data_order_unless_allowed(setup, straight, tmp
     out = tmp_path / "batch3"
     shutil.copytree(straight, out)
     proc = run(BASE + overrides(setup, out, "train.zero_stage=1", "train.steps=8", "data.batch_size=3"))
-    assert "warning: the global batch changes from 2 to 3 clips per step" in proc.stdout
+    assert "warning: the global batch changes from 2 to 3 samples a step" in proc.stdout
     # clips 12-14 end the epoch (the 16th cannot fill a batch: dropped); step 8 is the next epoch's first
     assert [m["data/position"] for m in losses(out)][-2:] == [16, 19]
 
@@ -366,7 +368,7 @@ def test_cli_function_one_process_zero2(setup, tmp_path):
     assert [m["step"] for m in records] == [1, 2, 3]
     # MFU: the FLOPs of student and teachers per second over the device peak given in the recipe
     assert all(m["mfu"] == pytest.approx(m["tflops_per_s"] / 0.5) and 0 < m["mfu"] < 1 for m in records)
-    assert not (tmp_path / "cli" / "student.safetensors").exists()
+    assert not (tmp_path / "cli" / "export.json").exists()
     # a bad override fails before any work, naming the key
     proc = run([sys.executable, "-c", code, RECIPE, "--set", "optim.lrr=1"], expect_rc=2)
     assert "unknown key optim.lrr" in proc.stderr
@@ -380,7 +382,8 @@ def test_nonfinite_micro_batches_are_skipped_and_counted_and_a_diverged_run_stop
     import torch.distributed as dist
 
     from ivtrain.config import load_recipe
-    from ivtrain.engine import Trainer, _free_port
+    from ivtrain.engine import Trainer
+    from ivtrain.engine.distributed import _free_port
 
     torch.set_num_threads(1)
     for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1"),
@@ -406,7 +409,7 @@ def test_nonfinite_micro_batches_are_skipped_and_counted_and_a_diverged_run_stop
         assert all(torch.isfinite(p).all() for p in trainer.engine.module.parameters())
         assert last["data/position"] == 10  # the dropped batches (2 clips each) were consumed, not replayed
 
-        trainer.recipe.train.steps = 10
+        trainer.schedule = dataclasses.replace(trainer.schedule, total_steps=10)
         poison.update(range(6, 100))
         with pytest.raises(RuntimeError, match="4 micro batches in a row gave a NaN/inf loss at step 4"):
             trainer.train()
@@ -480,3 +483,17 @@ def test_a_checkpoint_from_before_sample_positions_resumes_at_the_same_clip():
     plan = {"samples": 16, "world": 2, "batch_size": 2}
     assert [position_from_batch_number(b, plan) for b in (0, 3, 4, 5)] == [0, 12, 16, 20]
     assert position_from_batch_number(6, {"samples": 13, "world": 1, "batch_size": 2}) == 13  # 6 a epoch: 12, 1 dropped
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_a_trainer_that_raises_with_loader_workers_alive_exits(setup, tmp_path, nproc):
+    """A run that diverges (lr 1e30: NaN losses) stops with its error while two loader workers per rank are busy
+    prefetching: every rank exits non-zero within a bounded time, instead of waiting for ever on a worker that let
+    the interpreter's exit SIGTERM pass."""
+    args = (BASE if nproc == 1 else torchrun(29541)) + overrides(
+        setup, tmp_path / "diverged", "data.num_workers=2", "optim.lr=1e30", "train.max_nonfinite_in_a_row=2",
+        "train.steps=20")
+    t0 = time.monotonic()
+    proc = subprocess.run(args, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0 and time.monotonic() - t0 < 200
+    assert "2 micro batches in a row gave a NaN/inf loss" in proc.stderr

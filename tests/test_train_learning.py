@@ -1,4 +1,4 @@
-"""Must-show 5: stage-1 training on corpus-core shards of synthetic motion videos teaches the encoder
+"""Stage-1 training on corpus-core shards of synthetic motion videos teaches the encoder
 motion (so far the axis of the direction, not its sign), which the attentive probe reads better than from
 the same encoder at random initialization. The full bench set-up (about 10 minutes on 2 CPU cores): bench/train_learning_check.py."""
 import json

@@ -10,9 +10,11 @@ import torch
 # 2 shared cores: a second intra-op thread only contends (tiny models run ~15x faster on one)
 torch.set_num_threads(1)
 
-from ivtrain.config import ViTConfig
+from ivtrain.models.vit import ViTConfig
 from ivtrain.models.attention import attention, flash_attn_func, resolve_backend
-from ivtrain.models.vit import InternVideo2, RMSNorm, sincos_3d
+from ivtrain.models.layers import RMSNorm
+from ivtrain.models.pos_embed import sincos_3d
+from ivtrain.models.vit import InternVideo2
 
 
 def reference_attention(q, k, v):
@@ -141,7 +143,11 @@ def test_flop_count_of_vit_b_matches_torch_flop_counter():
 
 def test_param_groups_layer_decay_and_schedule():
     from ivtrain.config import OptimConfig
-    from ivtrain.optim import lr_factor, param_groups, resolve_schedule
+    from ivtrain.objectives.base import Tower, tower_param_groups
+    from ivtrain.optim import lr_factor, resolve_schedule
+
+    def param_groups(module, cfg):
+        return tower_param_groups(module, [Tower("")], cfg, cfg.lr)
 
     m = tiny()
     cfg = OptimConfig(lr=1e-3, min_lr=1e-5, weight_decay=0.05, warmup_steps=10, layer_decay=0.5)

@@ -21,8 +21,8 @@ def teachers(tmp_path_factory):
 
 def recipe(teachers, *extra):
     clip, videomae = teachers
-    return load_recipe("recipes/iv2_stage1_tiny.yaml", [f"teachers.semantic.path={clip}",
-                                                        f"teachers.motion.path={videomae}", *extra])
+    return load_recipe("recipes/iv2_stage1_tiny.yaml", [f"iv2_stage1.teachers.semantic.path={clip}",
+                                                        f"iv2_stage1.teachers.motion.path={videomae}", *extra])
 
 
 def test_mask_counts_per_frame():
@@ -108,7 +108,7 @@ def test_grid_mismatch_is_refused(teachers):
 
 @pytest.mark.parametrize("mask", ["attention", "tube"])
 def test_each_loss_term_falls_when_overfitting_one_batch(teachers, mask):
-    obj = IV2Stage1(recipe(teachers, f"mask.type={mask}"), torch.device("cpu"))
+    obj = IV2Stage1(recipe(teachers, f"iv2_stage1.mask.type={mask}"), torch.device("cpu"))
     torch.manual_seed(0)
     batch = {"video": torch.randint(0, 256, (2, 3, 8, 32, 32), dtype=torch.uint8)}
     inputs = obj.prepare(batch)  # one fixed batch and mask
@@ -148,10 +148,10 @@ def test_teachers_convert_the_loader_normalization_to_their_own(tmp_path):
 
 
 def test_bf16_teachers_give_fp32_targets_close_to_the_fp32_teachers(teachers):
-    """teachers.dtype=bf16 (what `auto` picks on CUDA) on CPU: weights cast to bf16, inputs cast on the way
+    """iv2_stage1.teachers.dtype=bf16 (what `auto` picks on CUDA) on CPU: weights cast to bf16, inputs cast on the way
     in, targets handed to the fp32 loss as fp32, and close to what the fp32 teachers give."""
-    fp32 = IV2Stage1(recipe(teachers, "teachers.dtype=fp32"), torch.device("cpu"))
-    bf16 = IV2Stage1(recipe(teachers, "teachers.dtype=bf16"), torch.device("cpu"))
+    fp32 = IV2Stage1(recipe(teachers, "iv2_stage1.teachers.dtype=fp32"), torch.device("cpu"))
+    bf16 = IV2Stage1(recipe(teachers, "iv2_stage1.teachers.dtype=bf16"), torch.device("cpu"))
     assert {p.dtype for p in bf16.semantic.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in bf16.motion.parameters()} == {torch.bfloat16}
     torch.manual_seed(0)
@@ -181,7 +181,7 @@ def test_flop_count_matches_torch_flop_counter(teachers):
 
     clips = torch.randint(0, 256, (2, 3, 8, 32, 32), dtype=torch.uint8)
     for ratio in (0.75, 0.5):
-        obj = IV2Stage1(recipe(teachers, f"mask.ratio={ratio}"), torch.device("cpu"))
+        obj = IV2Stage1(recipe(teachers, f"iv2_stage1.mask.ratio={ratio}"), torch.device("cpu"))
         with sdpa_kernel(SDPBackend.MATH):
             with FlopCounterMode(display=False) as teacher_count:
                 inputs = obj.prepare({"video": clips})

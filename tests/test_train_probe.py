@@ -16,7 +16,7 @@ from typer.testing import CliRunner  # noqa: E402
 import typer  # noqa: E402
 
 from ivtrain.cli import probe  # noqa: E402
-from ivtrain.config import load_recipe, to_dict  # noqa: E402
+from ivtrain.config import load_recipe  # noqa: E402
 from ivtrain.eval import probe as probe_module  # noqa: E402
 from ivtrain.eval.probe import (CachedFeatures, StreamedFeatures, class_lookup, encode_set, load_encoder,  # noqa: E402
                                 run_probe, train_probe)
@@ -64,18 +64,27 @@ def test_probe_cli_reports_bad_input_without_a_traceback(labeled):
 
 
 def test_probe_loads_a_run_directory_strictly(labeled, tmp_path):
-    from safetensors.torch import save_file
+    """Any objective's run: its export.json says how to rebuild the encoder (here with 2 pooling heads and the tanh
+    GELU, which no tensor shape shows), encoder.safetensors holds the weights."""
+    from ivtrain.export import write_export
+    from ivtrain.models.vit import ViTConfig
 
     root, sets, _ = labeled
-    recipe = load_recipe("recipes/iv2_stage1_tiny.yaml")
     torch.manual_seed(5)
-    enc = InternVideo2(recipe.model, pool_out_dim=32)
-    save_file({"encoder." + k: v.contiguous() for k, v in enc.state_dict().items()}, str(tmp_path / "student.safetensors"))
-    (tmp_path / "recipe.json").write_text(json.dumps(to_dict(recipe)))
-    loaded, _ = load_encoder(tmp_path)
+    enc = InternVideo2(ViTConfig(size="tiny", pool_heads=2, mlp_act="gelu_tanh"), pool_out_dim=32)
+    write_export(tmp_path, "iv2_stage1", {"encoder": enc.state_dict()},
+                 {**enc.config(), "mean": [0.5] * 3, "std": [0.25] * 3})
+    loaded, config = load_encoder(tmp_path)
     assert torch.equal(loaded.blocks[1].attn.qkv.weight, enc.blocks[1].attn.qkv.weight)
+    assert loaded.cfg.pool_heads == 2 and loaded.blocks[0].mlp.act.approximate == "tanh"
+    assert config["mean"] == [0.5] * 3
+    video = torch.randn(1, 3, 4, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(video).pooled, enc.eval()(video).pooled)
     res = run_probe(str(sets["train"]), str(sets["eval"]), run_dir=tmp_path, epochs=5)
     assert res.num_train == 8
+    with pytest.raises(FileNotFoundError, match="holds no export.json"):
+        load_encoder(tmp_path / "nowhere")
 
 
 @pytest.mark.parametrize("features", ["cache", "stream"])
@@ -169,7 +178,7 @@ def test_cuda_bf16_features_match_cpu(labeled):
 
 def test_a_run_trained_with_flash_attention_is_probed_where_there_is_none(labeled):
     root, sets, _ = labeled
-    recipe = load_recipe("recipes/iv2_stage1_tiny.yaml", ["model.attn_backend=flash"])
+    recipe = load_recipe("recipes/iv2_stage1_tiny.yaml", ["iv2_stage1.model.attn_backend=flash"])
     encoder, recipe = load_encoder(None, recipe, random_init=True)
     feats, _ = encode_set(encoder, recipe, str(sets["eval"]), device="cpu")
     assert feats.shape[0] == 8 and encoder.backend == "sdpa"

@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ivtrain.config import ViTConfig
+from ivtrain.models.vit import ViTConfig
 from ivtrain.convert import from_ivkit, load_released
-from ivtrain.models.vit import InternVideo2, Mlp, resolve_vit
+from ivtrain.models.layers import Mlp
+from ivtrain.models.vit import InternVideo2, resolve_vit
 
 # a B-shaped tower at test scale: 12 block heads, 16 pooling heads (the preset's), 96 channels
 SMALL_B = ViTConfig(size="b", img_size=28, patch_size=14, num_frames=2, embed_dim=96, depth=2, num_heads=12,

@@ -44,7 +44,7 @@ def run_tiny_stage1(root: Path) -> list[dict]:
     shards = build_shards(root)
     clip, videomae = save_tiny_clip_teacher(root / "clip"), save_tiny_videomae_teacher(root / "videomae")
     out = root / "run"
-    sets = [f"data.shards={shards}", f"teachers.semantic.path={clip}", f"teachers.motion.path={videomae}",
+    sets = [f"data.shards={shards}", f"iv2_stage1.teachers.semantic.path={clip}", f"iv2_stage1.teachers.motion.path={videomae}",
             f"train.out_dir={out}", "train.steps=20", "train.zero_stage=1", "train.seed=0", "train.ckpt_every=0",
             "train.tensorboard=false", "data.num_workers=2"]
     args = [sys.executable, "-m", "ivtrain.train", "recipes/iv2_stage1_tiny.yaml"] + [a for s in sets for a in ("--set", s)]

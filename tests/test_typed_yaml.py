@@ -11,7 +11,7 @@ from ivkit.typed_yaml import ConfigError, apply_override, build, parse_override,
 from ivtrain.config import load_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-LOADERS = {"iv2_stage1": load_recipe, "vidcap": load_config, "kmash": kmash.load_recipe,
+LOADERS = {"iv2_stage": load_recipe, "next_stage": load_recipe, "vidcap": load_config, "kmash": kmash.load_recipe,
            "internvid2": internvid2.load_recipe}
 
 
@@ -22,7 +22,7 @@ def test_every_shipped_recipe_loads(path):
 
 
 @pytest.mark.parametrize("loader, text, message", [
-    (load_recipe, "optim:\n  lrr: 1\n", "unknown key optim.lrr"),
+    (load_recipe, "objective: iv2_stage1\noptim:\n  lrr: 1\n", "unknown key optim.lrr"),
     (load_config, "vidcap:\n  asr:\n    beam_size: five\n", "asr.beam_size: expected an integer, got 'five'"),
     (load_config, "vidcap:\n  asr:\n    translate:\n      src_lang_codes: [de]\n",
      "asr.translate.src_lang_codes: expected a mapping"),

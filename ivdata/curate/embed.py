@@ -108,7 +108,7 @@ class OpenClipEmbedder:
     def __init__(self, model_dir: str | Path, device: str = "cpu", batch_size: int = 32):
         import torch
 
-        from ivtrain.models.open_clip_tower import load_open_clip  # shared with the trainer's teacher
+        from ivkit.open_clip_tower import load_open_clip  # shared with the trainer's teacher
         self.model_dir = Path(model_dir)
         self.torch, self.device, self.batch_size = torch, device, batch_size
         open_clip, self.model, self.transform, _ = load_open_clip(self.model_dir, device)

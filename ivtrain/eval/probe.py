@@ -28,13 +28,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ivkit.progress import progress
-from ivkit.typed_yaml import build
 from ivtrain.config import DataConfig, Recipe
-from ivtrain.data.shards import ShardIndex, epoch_permutation, make_loader
+from ivtrain.data.index import ShardIndex
+from ivtrain.data.loader import epoch_permutation, video_loader
 from ivtrain.data.transforms import normalize
 from ivtrain.devices import pick_device
+from ivtrain.export import load_encoder as load_run_encoder
 from ivtrain.models.attention import resolve_backend
-from ivtrain.models.vit import AttentionPooling, InternVideo2
+from ivtrain.models.layers import AttentionPooling
+from ivtrain.models.vit import InternVideo2, encoder_from_config
 
 PROBE_BATCH = 32  # clips per probe optimizer step
 
@@ -54,37 +56,33 @@ class ProbeResult:
 
 
 def load_encoder(run_dir: str | Path | None, recipe: Recipe | None = None, random_init: bool = False,
-                 seed: int = 0) -> tuple[InternVideo2, Recipe]:
-    """The student encoder of a finished run (recipe.json + student.safetensors), or a random one."""
+                 seed: int = 0) -> tuple[InternVideo2, dict]:
+    """(the encoder of a finished run of any objective, or a randomly initialized one of the same architecture
+    (random_init), or of the encoder a recipe would train; its configuration with the input's mean and std)."""
+    if run_dir is not None and not random_init:
+        # built on the CPU with SDPA; prepare_encoder picks the backend of the device it runs on
+        return load_run_encoder(run_dir, attn_backend="sdpa", checkpoint_activations=False)
     if run_dir is not None:
-        run_dir = Path(run_dir)
-        recipe = build(Recipe, json.loads((run_dir / "recipe.json").read_text()))
-    if recipe is None:
-        raise ValueError("need a run directory or a recipe")
-    vit = replace(recipe.model, img_size=recipe.model.img_size or recipe.data.image_size,
-                  num_frames=recipe.model.num_frames or recipe.data.num_frames, checkpoint_activations=False,
-                  attn_backend="sdpa")  # built on the CPU; encode_set picks the backend of the device it runs on
-    torch.manual_seed(seed)
-    weights = None
-    if not random_init:
-        from safetensors.torch import load_file
+        from ivtrain.export import read_export
 
-        weights = load_file(str(Path(run_dir) / "student.safetensors"))
-        weights = {k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")}
-    pool_dim = weights["clip_projector.cross_attn.proj.weight"].shape[0] if weights else None
-    encoder = InternVideo2(vit, pool_out_dim=pool_dim)
-    if weights is not None:
-        encoder.load_state_dict(weights, strict=True)
-    return encoder.eval(), recipe
+        config = read_export(run_dir)["encoder"]
+    elif recipe is not None:
+        from ivtrain.objectives import objective_class
+
+        config = objective_class(recipe.objective, recipe.objective_module).encoder_config_of(recipe)
+    else:
+        raise ValueError("need a run directory or a recipe")
+    torch.manual_seed(seed)
+    return encoder_from_config(config, attn_backend="sdpa", checkpoint_activations=False).eval(), config
 
 
 CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def eval_data(recipe: Recipe, shards: str, batch_size: int, shuffle: bool = False) -> DataConfig:
-    """The clips as the probe sees them: every frame the student gets, centre crop, no augmentation."""
-    return replace(recipe.data, shards=shards, train=False, shuffle=shuffle, batch_size=batch_size,
-                   teacher_frames=recipe.data.num_frames, num_workers=min(2, recipe.data.num_workers))
+def eval_data(config: dict, shards: str, batch_size: int, shuffle: bool = False) -> DataConfig:
+    """The clips as the probe sees them: the encoder's frames and resolution, centre crop, no augmentation."""
+    return DataConfig(shards=shards, image_size=config["img_size"], mean=list(config["mean"]), std=list(config["std"]),
+                      train=False, shuffle=shuffle, batch_size=batch_size, num_workers=2)
 
 
 def require_labels(labels: list, shards: str) -> None:
@@ -97,13 +95,14 @@ def encoded_batches(encoder: InternVideo2, data: DataConfig, index: ShardIndex, 
                     seed: int = 0, epoch: int = 0, advance=None):
     """(tokens (B, 1 + N, dim) on `device`, raw labels) for each batch of one pass over `index` in the
     loader's order for (seed, epoch); the last partial batch kept. On CUDA under bf16 autocast."""
-    loader, _ = make_loader(data, seed=seed, start=epoch * len(index), epochs=epoch + 1, index=index,
-                            keep_last=True, pin_memory=device.type == "cuda")
+    frames = encoder.cfg.num_frames
+    loader, _ = video_loader(data, frames, seed=seed, start=epoch * len(index), epochs=epoch + 1, index=index,
+                             keep_last=True, pin_memory=device.type == "cuda")
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         for batch in loader:
             if advance is not None:
-                advance(len(batch["keys"]) + batch["skipped"])
-            if batch["video"] is None:
+                advance(batch["size"] + sum(batch["skipped"].values()))
+            if not batch["size"]:
                 continue
             require_labels(batch["labels"], data.shards)
             video = normalize(batch["video"].to(device, non_blocking=True), data.mean, data.std)
@@ -124,14 +123,14 @@ def cache_bytes(encoder: InternVideo2, clips: int, dtype: torch.dtype = torch.fl
     return clips * tokens_per_clip(encoder) * encoder.cfg.embed_dim * dtype.itemsize
 
 
-def encode_set(encoder: InternVideo2, recipe: Recipe, shards: str, batch_size: int = 8,
+def encode_set(encoder: InternVideo2, config: dict, shards: str, batch_size: int = 8,
                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                index: ShardIndex | None = None) -> tuple[torch.Tensor, list]:
     """(N, 1 + tokens, dim) features on the CPU, in `dtype`, and the raw labels of every clip in `shards`,
     in shard order (undecodable clips left out). Written into one preallocated tensor: no second copy."""
     device = torch.device(device)
-    data = eval_data(recipe, shards, batch_size)
-    index = index or ShardIndex.open(shards, recipe.data.index_cache)
+    data = eval_data(config, shards, batch_size)
+    index = index or ShardIndex.open(shards)
     encoder = prepare_encoder(encoder, device)
     feats = torch.empty(len(index), tokens_per_clip(encoder), encoder.cfg.embed_dim, dtype=dtype)
     labels: list = []
@@ -159,11 +158,11 @@ class CachedFeatures:
 class StreamedFeatures:
     """Tokens encoded afresh for every minibatch: one batch in memory, one encoder pass per epoch."""
 
-    def __init__(self, encoder: InternVideo2, recipe: Recipe, shards: str, lookup: dict, batch_size: int,
+    def __init__(self, encoder: InternVideo2, config: dict, shards: str, lookup: dict, batch_size: int,
                  seed: int, device: torch.device, index: ShardIndex | None = None):
         self.encoder, self.lookup, self.seed, self.device = encoder, lookup, seed, device
-        self.index = index or ShardIndex.open(shards, recipe.data.index_cache)
-        self.data = eval_data(recipe, shards, batch_size, shuffle=True)
+        self.index = index or ShardIndex.open(shards)
+        self.data = eval_data(config, shards, batch_size, shuffle=True)
 
     def batches(self, epoch: int | None = None):
         data = self.data if epoch is not None else replace(self.data, shuffle=False)
@@ -242,8 +241,8 @@ def run_probe(train_shards: str, eval_shards: str, run_dir: str | Path | None = 
     if cache_dtype not in CACHE_DTYPES:
         raise ValueError(f"--cache-dtype must be one of {sorted(CACHE_DTYPES)}, got {cache_dtype!r}")
     dtype = CACHE_DTYPES[cache_dtype]
-    encoder, recipe = load_encoder(run_dir, recipe, random_init, seed)
-    train_index, eval_index = (ShardIndex.open(s, recipe.data.index_cache) for s in (train_shards, eval_shards))
+    encoder, config = load_encoder(run_dir, recipe, random_init, seed)
+    train_index, eval_index = (ShardIndex.open(s) for s in (train_shards, eval_shards))
     need = cache_bytes(encoder, len(train_index) + len(eval_index), dtype)
     free = available_memory_bytes()
     mode = choose_features(features, need, free)
@@ -254,18 +253,18 @@ def run_probe(train_shards: str, eval_shards: str, run_dir: str | Path | None = 
               f"(--cache-dtype bfloat16 halves the cache)", file=sys.stderr)
     probe_batch = min(PROBE_BATCH, len(train_index))
     if mode == "cache":
-        train_x, train_labels = encode_set(encoder, recipe, train_shards, batch_size, dev, dtype, train_index)
-        eval_x, eval_labels = encode_set(encoder, recipe, eval_shards, batch_size, dev, dtype, eval_index)
+        train_x, train_labels = encode_set(encoder, config, train_shards, batch_size, dev, dtype, train_index)
+        eval_x, eval_labels = encode_set(encoder, config, eval_shards, batch_size, dev, dtype, eval_index)
         classes, lookup = class_lookup(train_labels, eval_labels)
         train_set = CachedFeatures(train_x, torch.tensor([lookup[lb] for lb in train_labels]), probe_batch, seed)
         eval_set = CachedFeatures(eval_x, torch.tensor([lookup[lb] for lb in eval_labels]), PROBE_BATCH, seed)
     else:
-        key = recipe.data.label_key
+        key = DataConfig.label_key
         classes, lookup = class_lookup(read_labels(train_index, key, train_shards),
                                        read_labels(eval_index, key, eval_shards))
         encoder = prepare_encoder(encoder, dev)
-        train_set = StreamedFeatures(encoder, recipe, train_shards, lookup, probe_batch, seed, dev, train_index)
-        eval_set = StreamedFeatures(encoder, recipe, eval_shards, lookup, PROBE_BATCH, seed, dev, eval_index)
+        train_set = StreamedFeatures(encoder, config, train_shards, lookup, probe_batch, seed, dev, train_index)
+        eval_set = StreamedFeatures(encoder, config, eval_shards, lookup, PROBE_BATCH, seed, dev, eval_index)
     probe = train_probe(train_set, len(classes), encoder.cfg.embed_dim, epochs, lr, seed, device=dev)
     eval_confusion = confusion(probe, eval_set, len(classes))
     train_confusion = confusion(probe, train_set, len(classes))

@@ -3,7 +3,7 @@
 - A semantic teacher: an image tower run on every student frame. It yields the last-K layer
   features, a pooled feature and the CLS attention map that guides masking. Two backends:
   transformers (CLIP / SigLIP vision models, or a full two-tower model) and open_clip (a
-  `local-dir:` export, see ivtrain.models.open_clip_tower).
+  `local-dir:` export, see ivkit.open_clip_tower).
 - MotionTeacher: a VideoMAE (V2-style, tubelet 2) video model run on all teacher frames. It yields
   the last-K layer features on the same (T/2, H/p, W/p) grid as the student.
 
@@ -178,7 +178,7 @@ class OpenClipSemanticTeacher(SemanticTeacher):
 
     def __init__(self, path: Path, num_layers: int, data_norm=None):
         super().__init__()
-        from ivtrain.models.open_clip_tower import load_open_clip
+        from ivkit.open_clip_tower import load_open_clip
 
         _, model, _, preprocess = load_open_clip(path)
         visual = getattr(model, "visual", None)

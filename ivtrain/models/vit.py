@@ -12,18 +12,41 @@ MLP's GELU is the tanh approximation (the fused MLP the release trained with).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import NamedTuple
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Literal, NamedTuple
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint as activation_checkpoint
 
-from ivtrain.config import ViTConfig
-from ivtrain.models.attention import attention, resolve_backend
+from ivtrain.models.attention import resolve_backend
 from ivtrain.models.flops import patch_embed_flops, transformer_flops
+from ivtrain.models.layers import AttentionPooling, Block, PatchEmbed
+from ivtrain.models.pos_embed import sincos_3d
+
+
+@dataclass
+class ViTConfig:
+    size: str = "tiny"               # tiny | b | l | 1b | 6b ; fields below that are set override the preset
+    img_size: int = 0
+    patch_size: int = 0
+    num_frames: int = 0
+    tubelet_size: int = 1
+    embed_dim: int = 0
+    depth: int = 0
+    num_heads: int = 0
+    mlp_dim: int = 0
+    pool_heads: int = 0              # attention-pooling heads (16 in every released size, whatever num_heads is)
+    mlp_act: Literal["", "gelu", "gelu_tanh"] = ""   # "": the preset's (released sizes: gelu_tanh, as trained)
+    train_pos_embed: bool = True     # position tables are trained (sin-cos start, no weight decay), as released
+    image_pos_embed: bool = False    # a separate table for one-frame inputs (images), as the released stage 2
+    qk_norm: bool = True
+    layerscale_init: float = 0.1
+    drop_path: float = 0.0
+    attn_backend: Literal["auto", "sdpa", "flash"] = "auto"
+    checkpoint_activations: bool = False
 
 # The released sizes pool with 16 heads and use the tanh GELU (see the module docstring). `tiny` is ivkit's
 # own test size: 4 pooling heads of 16 channels, exact GELU.
@@ -49,169 +72,6 @@ def resolve_vit(cfg: ViTConfig) -> ViTConfig:
         if out.embed_dim % heads:
             raise ValueError(f"embed_dim {out.embed_dim} is not divisible by {what} {heads}")
     return out
-
-
-# ------------------------------------------------------------------ position embedding
-
-def _sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
-    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
-    angles = np.outer(positions.reshape(-1), omega)
-    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
-
-
-def sincos_3d(dim: int, grid_t: int, grid_h: int, grid_w: int, cls_token: bool = True) -> torch.Tensor:
-    """3D sin-cos table in the released channel order: the first quarter of the channels encodes time, the
-    next three eighths the column (w), the last three eighths the row (h).
-
-    Returns (1 + T*H*W, dim), tokens in (t, h, w) order, with a zero row for the CLS token first.
-    """
-    if dim % 8:
-        raise ValueError(f"a 3D sin-cos table needs a width divisible by 8, got {dim}")
-    temporal_dim, spatial_dim = dim // 4, dim // 4 * 3
-    hh, ww = np.meshgrid(np.arange(grid_h, dtype=np.float64), np.arange(grid_w, dtype=np.float64), indexing="ij")
-    spatial = np.concatenate([_sincos_1d(spatial_dim // 2, ww), _sincos_1d(spatial_dim // 2, hh)], axis=1)  # (HW, ds)
-    temporal = _sincos_1d(temporal_dim, np.arange(grid_t, dtype=np.float64))  # (T, dt)
-    emb = np.concatenate([np.repeat(temporal[:, None], grid_h * grid_w, axis=1),
-                          np.repeat(spatial[None], grid_t, axis=0)], axis=-1).reshape(-1, dim)
-    if cls_token:
-        emb = np.concatenate([np.zeros((1, dim)), emb], axis=0)
-    return torch.from_numpy(emb).float()
-
-
-# ------------------------------------------------------------------ layers
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # normalize in fp32 so bf16 activations do not lose the scale
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
-
-
-class LayerScale(nn.Module):
-    def __init__(self, dim: int, init: float):
-        super().__init__()
-        self.gamma = nn.Parameter(torch.full((dim,), float(init)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: drop a sample's whole residual branch with probability p."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device) >= self.p
-        return x * keep.to(x.dtype) / (1.0 - self.p)
-
-
-class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, qk_norm: bool, backend: str = "sdpa"):
-        super().__init__()
-        self.num_heads = num_heads
-        self.backend = backend
-        self.qkv = nn.Linear(dim, dim * 3, bias=False)
-        self.q_norm = RMSNorm(dim) if qk_norm else nn.Identity()
-        self.k_norm = RMSNorm(dim) if qk_norm else nn.Identity()
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        q, k = self.q_norm(q), self.k_norm(k)  # over the full width, before the head split
-        q, k, v = (t.reshape(b, n, self.num_heads, c // self.num_heads) for t in (q, k, v))
-        out = attention(q, k, v, self.backend)
-        return self.proj(out.reshape(b, n, c))
-
-
-GELU_APPROXIMATION = {"gelu": "none", "gelu_tanh": "tanh"}
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, out_dim: int | None = None, act: str = "gelu"):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU(approximate=GELU_APPROXIMATION[act])
-        self.fc2 = nn.Linear(hidden, out_dim or dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class Block(nn.Module):
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int, qk_norm: bool, layerscale_init: float,
-                 drop_path: float, backend: str, mlp_act: str = "gelu"):
-        super().__init__()
-        self.norm1 = RMSNorm(dim)
-        self.attn = Attention(dim, num_heads, qk_norm, backend)
-        self.ls1 = LayerScale(dim, layerscale_init)
-        self.norm2 = RMSNorm(dim)
-        self.mlp = Mlp(dim, mlp_dim, act=mlp_act)
-        self.ls2 = LayerScale(dim, layerscale_init)
-        self.drop_path = DropPath(drop_path)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
-        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
-
-
-class CrossAttention(nn.Module):
-    """Multi-head cross attention with separate q/k/v projections (biases kept apart, as released)."""
-
-    def __init__(self, dim: int, num_heads: int, out_dim: int):
-        super().__init__()
-        self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim, bias=False)
-        self.k = nn.Linear(dim, dim, bias=False)
-        self.v = nn.Linear(dim, dim, bias=False)
-        self.q_bias = nn.Parameter(torch.zeros(dim))
-        self.k_bias = nn.Parameter(torch.zeros(dim))
-        self.v_bias = nn.Parameter(torch.zeros(dim))
-        self.proj = nn.Linear(dim, out_dim)
-
-    def forward(self, xq: torch.Tensor, xk: torch.Tensor, xv: torch.Tensor) -> torch.Tensor:
-        b, nq, c = xq.shape
-        h = self.num_heads
-        q = nn.functional.linear(xq, self.q.weight, self.q_bias).reshape(b, nq, h, c // h)
-        k = nn.functional.linear(xk, self.k.weight, self.k_bias).reshape(b, xk.shape[1], h, c // h)
-        v = nn.functional.linear(xv, self.v.weight, self.v_bias).reshape(b, xv.shape[1], h, c // h)
-        out = attention(q, k, v, "sdpa")  # one query token: the kernel choice does not matter
-        return self.proj(out.reshape(b, nq, c))
-
-
-class AttentionPooling(nn.Module):
-    """Pool tokens into one vector: the mean token queries all tokens; q, k, v get their own LayerNorm."""
-
-    def __init__(self, dim: int, num_heads: int, out_dim: int):
-        super().__init__()
-        self.norm1_q = nn.LayerNorm(dim, eps=1e-5)
-        self.norm1_k = nn.LayerNorm(dim, eps=1e-5)
-        self.norm1_v = nn.LayerNorm(dim, eps=1e-5)
-        self.cross_attn = CrossAttention(dim, num_heads, out_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        query = x.mean(1, keepdim=True)
-        return self.cross_attn(self.norm1_q(query), self.norm1_k(x), self.norm1_v(x)).squeeze(1)
-
-
-class PatchEmbed(nn.Module):
-    def __init__(self, patch: int, tubelet: int, dim: int):
-        super().__init__()
-        self.proj = nn.Conv3d(3, dim, kernel_size=(tubelet, patch, patch), stride=(tubelet, patch, patch))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, T, H, W) -> (B, T'*H'*W', dim)
-        return self.proj(x).flatten(2).transpose(1, 2)
 
 
 # ------------------------------------------------------------------ the encoder
@@ -240,6 +100,9 @@ class InternVideo2(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         # sin-cos initialized and trained, as released (model.train_pos_embed=false keeps it fixed)
         self.pos_embed = nn.Parameter(sincos_3d(d, *self.grid).unsqueeze(0), requires_grad=cfg.train_pos_embed)
+        if cfg.image_pos_embed:   # images (one frame) get a table of their own, sin-cos initialized at T = 1
+            self.img_pos_embed = nn.Parameter(sincos_3d(d, 1, *self.grid[1:]).unsqueeze(0),
+                                              requires_grad=cfg.train_pos_embed)
         rates = [cfg.drop_path * i / max(1, cfg.depth - 1) for i in range(cfg.depth)]  # stochastic depth grows with depth
         self.blocks = nn.ModuleList(
             Block(d, cfg.num_heads, cfg.mlp_dim, cfg.qk_norm, cfg.layerscale_init, rates[i], self.backend, cfg.mlp_act)
@@ -260,11 +123,27 @@ class InternVideo2(nn.Module):
             blk.attn.backend = backend
         self.backend = backend
 
+    def position_table(self, frames: int) -> torch.Tensor:
+        """(1, 1 + T'HW, dim) for an input of `frames` temporal tokens: the video table at the tower's own frame
+        count; for one frame (an image) the image table, or, without one, the video table averaged over time
+        (the released stage 2's two options)."""
+        if frames == self.grid[0]:
+            return self.pos_embed
+        if frames == 1:
+            if self.cfg.image_pos_embed:
+                return self.img_pos_embed
+            t, h, w = self.grid
+            spatial = self.pos_embed[:, 1:].reshape(1, t, h * w, -1).mean(1)
+            return torch.cat([self.pos_embed[:, :1], spatial], dim=1)
+        raise ValueError(f"this tower takes {self.grid[0] * self.cfg.tubelet_size} frames (or one, an image), "
+                         f"got {frames * self.cfg.tubelet_size}: load it at that frame count (load_vision_tower "
+                         "interpolates its position table)")
+
     def embed(self, video: torch.Tensor) -> torch.Tensor:
         """(B, 3, T, H, W) -> (B, 1 + N, dim) with position embedding added."""
         x = self.patch_embed(video.to(self.patch_embed.proj.weight.dtype))
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        return x + self.pos_embed.to(x.dtype)
+        return x + self.position_table(video.shape[2] // self.cfg.tubelet_size).to(x.dtype)
 
     def forward(self, video: torch.Tensor, visible: torch.Tensor | None = None,
                 return_layers: tuple[int, ...] = ()) -> EncoderOutput:
@@ -283,6 +162,10 @@ class InternVideo2(nn.Module):
             if i in return_layers:
                 layers[i] = x
         return EncoderOutput(tokens=x, pooled=self.clip_projector(x), layers=layers)
+
+    def config(self) -> dict:
+        """The resolved configuration and pooled width: what `encoder_from_config` rebuilds this tower from."""
+        return {**dataclasses.asdict(self.cfg), "pool_out_dim": self.clip_projector.cross_attn.proj.out_features}
 
     def flops_per_sample(self, num_tokens: int | None = None) -> float:
         """Forward FLOPs for one clip (2 per multiply-add) at `num_tokens` tokens (+ CLS)."""
@@ -303,3 +186,12 @@ def _init_weights(m: nn.Module) -> None:
     elif isinstance(m, nn.LayerNorm):
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)
+
+
+def encoder_from_config(config: dict, **overrides) -> InternVideo2:
+    """The tower an export's encoder.json describes (InternVideo2.config), e.g. overrides attn_backend="sdpa"."""
+    config = dict(config)
+    pool_out_dim = config.pop("pool_out_dim")
+    known = {f.name for f in dataclasses.fields(ViTConfig)}
+    return InternVideo2(ViTConfig(**{k: v for k, v in config.items() if k in known} | overrides),
+                        pool_out_dim=pool_out_dim)

@@ -1,19 +1,45 @@
-"""Objectives: each maps a batch to (loss, metrics) and owns its trainable module and frozen teachers.
+"""The objectives, by the name recipes give in `objective:`. Each is one file, read top to bottom against its
+paper, implementing the contract of ivtrain.objectives.base.
 
-Interface the engine relies on (and nothing else):
-  objective.trainable            nn.Module whose forward(**inputs) returns (loss, metrics dict)
-  objective.prepare(batch)       no-grad work (teachers, masks) -> inputs for trainable
-  objective.flops_per_sample()   {"student": training FLOPs, "teachers": forward FLOPs} per clip
-"""
+An objective defined outside ivtrain (a research prototype, a test) is named by the recipe's `objective_module`:
+that module is imported first and registers its class with `register`."""
 from __future__ import annotations
 
 import importlib
 
-OBJECTIVES = {"iv2_stage1": ("ivtrain.objectives.iv2_stage1", "IV2Stage1")}
+from ivkit.typed_yaml import ConfigError
+
+OBJECTIVES: dict[str, object] = {"iv2_stage1": "ivtrain.objectives.iv2_stage1:IV2Stage1"}
 
 
-def build_objective(recipe, device):
-    if recipe.objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {recipe.objective!r} (known: {', '.join(OBJECTIVES)})")
-    module, cls = OBJECTIVES[recipe.objective]
-    return getattr(importlib.import_module(module), cls)(recipe, device)
+def register(cls):
+    """Class decorator: make an objective known by its `name`."""
+    OBJECTIVES[cls.name] = cls
+    return cls
+
+
+def objective_class(name: str, module: str = ""):
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ConfigError(f"objective_module {module!r} does not import: {e}") from None
+    if name not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {name!r} (known: {', '.join(OBJECTIVES)})")
+    target = OBJECTIVES[name]
+    if isinstance(target, str):
+        module_name, cls = target.split(":")
+        target = OBJECTIVES[name] = getattr(importlib.import_module(module_name), cls)
+    return target
+
+
+def build_objective(recipe, device, dist=None):
+    return objective_class(recipe.objective, recipe.objective_module)(recipe, device, dist)
+
+
+def write_tiny_assets(out) -> dict[str, str]:
+    """Every tiny model directory the tiny recipes of every objective read (`iv models tiny DIR`); name -> path."""
+    written: dict[str, str] = {}
+    for name in list(OBJECTIVES):
+        written.update(objective_class(name).write_tiny_assets(out))
+    return written

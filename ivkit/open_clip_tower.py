@@ -11,7 +11,8 @@ does not exist"). open_clip needs only torchvision's Python transforms, so when 
 that library does not load, the two operator schemas torchvision's Python side refers to at import
 are declared first. Where the library loads (a matching CUDA install) nothing is declared.
 
-ivdata's clip embedder uses this module too (ivtrain never imports ivdata; the reverse is fine).
+The trainer (its open_clip semantic teacher) and the data engine (its clip embedder) both use it: it lives in
+ivkit, which both may import, since neither half imports the other.
 """
 from __future__ import annotations
 
