@@ -38,8 +38,11 @@ def root_owner(root: Path) -> dict | None:
 
 
 def _owned_elsewhere(root: Path, owner: dict) -> str:
-    return (f"data root {root} belongs to corpus {owner.get('name')!r} (manifest {owner.get('manifest')}); "
-            "two corpora cannot share a root: give this one its own --root")
+    manifest = owner.get("manifest")
+    gone = (f" (that manifest no longer exists: delete {Path(root) / OWNER_FILE} to give the root to another "
+            "corpus)") if manifest and not Path(manifest).exists() else ""
+    return (f"data root {root} belongs to corpus {owner.get('name')!r} (manifest {manifest}); two corpora "
+            f"cannot share a root: give this one its own --root{gone}")
 
 
 def ivkit_home() -> Path:

@@ -158,12 +158,14 @@ class CutStage(Stage):
             placed.update(line for line in journal.read_text().splitlines() if line)
         store = self.corpus.clips_dir.resolve()
         # only files shaped like content addresses inside this store: a journal can never name anything else
-        placed = {p for p in placed if STORE_NAME.fullmatch(Path(p).name) and Path(p).parent.parent.resolve() == store}
+        placed = {p for p in placed
+                  if STORE_NAME.fullmatch(Path(p).name) and Path(p).parent.parent.resolve() == store}
         if not placed:
             return
+        names = sorted(placed)
         used = {r[0] for r in m.execute(
-            "SELECT p FROM (SELECT path AS p FROM clips UNION SELECT audio_path FROM clips) "
-            "WHERE p IN (SELECT unnest(?::VARCHAR[]))", [sorted(placed)]).fetchall()}
+            "SELECT path FROM clips WHERE path IN (SELECT unnest(?::VARCHAR[])) UNION ALL "
+            "SELECT audio_path FROM clips WHERE audio_path IN (SELECT unnest(?::VARCHAR[]))", [names, names]).fetchall()}
         for p in placed - used:
             Path(p).unlink(missing_ok=True)
 
