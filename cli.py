@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from ivdata.cliutil import CorpusOpt, RetryOpt, WorkersOpt, console, fail, open_corpus, report_stats
+from ivdata.cliutil import CorpusOpt, RetryOpt, WorkersOpt, console, fail, open_corpus, refusals, report_stats, warn
 
 app = typer.Typer(help="ivkit: video pretraining corpora (DuckDB manifest + WebDataset shards) and training.",
                   no_args_is_help=True, add_completion=False)
@@ -61,15 +61,25 @@ def data_ingest(sources: List[str] = typer.Argument(..., help="Files, directorie
                 corpus: str = CorpusOpt, source: str = typer.Option("local", help="Source name recorded for rows without one."),
                 max_bytes: int = typer.Option(8 << 30, help="Download size limit per video."),
                 timeout: float = typer.Option(60.0, help="Network timeout per request (s)."),
+                max_seconds: float = typer.Option(3600.0, help="Time limit per download (s), held during slow reads."),
                 workers: int = WorkersOpt, retry_failed: bool = RetryOpt):
     """Register videos (content sha256, provenance, per-row metadata and spans)."""
     from ivdata import pipeline
     from ivdata.stages.ingest import SourceError
     try:
-        report_stats("ingest", pipeline.ingest(open_corpus(corpus), sources, source=source, workers=workers,
-                                          retry_failed=retry_failed, max_bytes=max_bytes, timeout_s=timeout))
+        stats = pipeline.ingest(open_corpus(corpus), sources, source=source, workers=workers,
+                                retry_failed=retry_failed, max_bytes=max_bytes, timeout_s=timeout,
+                                max_seconds=max_seconds)
     except SourceError as e:
         fail(str(e))
+    _report_ingest(stats)
+
+
+def _report_ingest(stats) -> None:
+    from ivdata.stages.ingest import ingest_warnings
+    report_stats("ingest", stats)
+    for msg in ingest_warnings(stats):
+        warn(msg)
 
 
 @data_app.command("probe")
@@ -97,7 +107,8 @@ def data_split(corpus: str = CorpusOpt,
                           detector=detector, weights=weights, threshold=threshold)
     except ValueError as e:
         fail(str(e))
-    report_stats("split", pipeline.split(open_corpus(corpus), cfg, workers=workers, retry_failed=retry_failed))
+    with refusals():
+        report_stats("split", pipeline.split(open_corpus(corpus), cfg, workers=workers, retry_failed=retry_failed))
 
 
 @data_app.command("cut")
@@ -109,15 +120,22 @@ def data_cut(corpus: str = CorpusOpt,
              x264_params: Optional[str] = typer.Option(
                  None, help="reencode: libx264 settings as key=value:key=value; no-mbtree=1 makes re-runs give "
                             "the same bytes (files grew 25 % on bigbuckbunny)."),
+             min_coverage: float = typer.Option(0.95, help="A clip holding less of its span than this share "
+                                                "(and over 2 frames short) is recorded as failed."),
+             allow_mixed_options: bool = typer.Option(False, help="Cut even though clips already cut used other "
+                                                      "settings (the corpus then mixes them)."),
              workers: int = WorkersOpt, retry_failed: bool = RetryOpt):
     """Cut clip files into the content-addressed clip store."""
     from ivdata import pipeline
     from ivdata.stages.cut import CutConfig
     try:
-        cfg = CutConfig(mode=mode, short_side=short_side, fps=fps, crf=crf, flac=flac, x264_params=x264_params)
+        cfg = CutConfig(mode=mode, short_side=short_side, fps=fps, crf=crf, flac=flac, x264_params=x264_params,
+                        min_coverage=min_coverage)
     except ValueError as e:
         fail(str(e))
-    report_stats("cut", pipeline.cut(open_corpus(corpus), cfg, workers=workers, retry_failed=retry_failed))
+    with refusals():
+        report_stats("cut", pipeline.cut(open_corpus(corpus), cfg, workers=workers, retry_failed=retry_failed,
+                                         allow_mixed=allow_mixed_options))
 
 
 @data_app.command("shard")
@@ -180,12 +198,20 @@ def data_build(sources: List[str] = typer.Argument(...), corpus: str = CorpusOpt
     from ivdata.stages.cut import CutConfig
     from ivdata.stages.shard import ShardConfig
     from ivdata.stages.split import SplitConfig
-    c = pipeline.open_or_init(corpus)
-    report_stats("ingest", pipeline.ingest(c, sources, source=source, workers=workers))
-    report_stats("probe", pipeline.probe(c, workers=workers))
-    report_stats("split", pipeline.split(c, SplitConfig(method=split), workers=workers))
-    report_stats("cut", pipeline.cut(c, CutConfig(mode=cut, short_side=short_side, fps=fps), workers=workers))
-    report_stats("shard", pipeline.shard(c, ShardConfig(maxcount=maxcount), workers=workers))
+    from ivdata.manifest import ManifestError
+    from ivdata.stages.ingest import SourceError
+    try:
+        c = pipeline.open_or_init(corpus)
+        cut_cfg = CutConfig(mode=cut, short_side=short_side, fps=fps)
+        split_cfg = SplitConfig(method=split)
+        _report_ingest(pipeline.ingest(c, sources, source=source, workers=workers))
+    except (ManifestError, SourceError, ValueError) as e:
+        fail(str(e))
+    with refusals():
+        report_stats("probe", pipeline.probe(c, workers=workers))
+        report_stats("split", pipeline.split(c, split_cfg, workers=workers))
+        report_stats("cut", pipeline.cut(c, cut_cfg, workers=workers))
+        report_stats("shard", pipeline.shard(c, ShardConfig(maxcount=maxcount), workers=workers))
 
 
 # ------------------------------------------------------------------------------------------- models

@@ -1,8 +1,11 @@
 """What every `iv` command module shares: the console, common options, error exits, stage summaries."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console(soft_wrap=True)
 
@@ -15,8 +18,23 @@ _SUMMARY_KEYS = ("ok", "failed", "skipped", "pending", "seconds", "media_seconds
 
 
 def fail(msg: str) -> None:
-    console.print(f"[red]error:[/] {msg}")
+    console.print(f"[red]error:[/] {escape(msg)}")      # a message may hold brackets, e.g. ivkit[asr]
     raise typer.Exit(2)
+
+
+@contextmanager
+def refusals():
+    """A stage that refuses to start (a configuration that cannot work, options that clash with what is
+    recorded) ends the command with its one-line reason and exit status 2; nothing was recorded."""
+    from ivdata.stages.base import StageConfigError
+    try:
+        yield
+    except StageConfigError as e:
+        fail(str(e))
+
+
+def warn(msg: str) -> None:
+    console.print(f"[yellow]warning:[/] {escape(msg)}")
 
 
 def open_corpus(name: str):

@@ -44,8 +44,9 @@ def split(corpus: Corpus, cfg: SplitConfig | None = None, workers: int = 0, retr
     return run_stage(SplitStage(corpus, cfg), workers, retry_failed)
 
 
-def cut(corpus: Corpus, cfg: CutConfig | None = None, workers: int = 0, retry_failed: bool = False) -> StageStats:
-    return run_stage(CutStage(corpus, cfg), workers, retry_failed, batch_size=8)
+def cut(corpus: Corpus, cfg: CutConfig | None = None, workers: int = 0, retry_failed: bool = False,
+        allow_mixed: bool = False) -> StageStats:
+    return run_stage(CutStage(corpus, cfg, allow_mixed), workers, retry_failed, batch_size=8)
 
 
 def shard(corpus: Corpus, cfg: ShardConfig | None = None, workers: int = 0) -> StageStats:

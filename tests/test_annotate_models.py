@@ -241,3 +241,75 @@ def test_recipes_load_and_bad_configs_fail_clearly(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="needs fuse.url"):
         FuseConfig(backend="openai")
+
+
+class _Redirecting:
+    """A local server that answers /v1/chat/completions with a redirect to `target` and serves a
+    chat completion at /landing; it records the Authorization header of every request."""
+
+    def __init__(self, host: str = "127.0.0.1", body_bytes: int = 0):
+        self.seen: list[tuple[str, str | None]] = []
+        self.target = ""
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _answer(self):
+                outer.seen.append((self.path, self.headers.get("Authorization")))
+                if self.path.endswith("/chat/completions") and outer.target:
+                    self.send_response(302)
+                    self.send_header("Location", outer.target)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                reply = json.dumps({"choices": [{"message": {"content": "a caption"}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()                          # no Content-Length: the size shows only by reading
+                try:
+                    self.wfile.write(b" " * body_bytes + reply)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self._answer()
+
+            do_GET = _answer
+
+        Handler.protocol_version = "HTTP/1.0"
+        self.httpd = ThreadingHTTPServer((host, 0), Handler)
+        self.url = f"http://{host}:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_openai_http_backend_keeps_its_key_on_its_own_host(monkeypatch):
+    monkeypatch.setenv("IVKIT_TEST_KEY", "k123")
+    origin, other = _Redirecting("127.0.0.1"), _Redirecting("localhost")
+    try:
+        g = OpenAIHttpGenerator(origin.url + "/v1", "m", api_key_env="IVKIT_TEST_KEY", retries=0)
+        origin.target = origin.url + "/landing"              # same origin: the key goes along
+        assert g.generate(["x"]) == ["a caption"]
+        assert origin.seen == [("/v1/chat/completions", "Bearer k123"), ("/landing", "Bearer k123")]
+        origin.target = other.url + "/landing"               # another host: the key stays behind
+        assert g.generate(["x"]) == ["a caption"]
+        assert other.seen == [("/landing", None)]
+    finally:
+        origin.close()
+        other.close()
+
+
+def test_openai_http_backend_refuses_an_oversized_reply():
+    srv = _Redirecting(body_bytes=OpenAIHttpGenerator.MAX_REPLY_BYTES + 1)
+    try:
+        g = OpenAIHttpGenerator(srv.url + "/v1", "m", retries=2, backoff_s=0.01)
+        with pytest.raises(GenerationError, match="over the .* byte limit.*after 1 attempt"):
+            g.generate(["x"])                                # not retried: the same server sends the same
+    finally:
+        srv.close()

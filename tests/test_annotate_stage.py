@@ -236,3 +236,23 @@ def test_cli_function_rejects_bad_input_clearly(corpus_and_models, tmp_path):
                  device=None, batch_size=None, set_=["frames.merge=rule"], workers=0, retry_failed=False)
     with corpus.manifest(read_only=True) as m:
         assert m.scalar("SELECT count(*) FROM captions") == 0
+
+
+def test_a_fusion_backend_that_is_not_installed_fails_once_up_front(corpus_and_models, tmp_path, monkeypatch):
+    """llama.cpp's python module missing: one clear line and exit 2 before any clip, not a 'failed'
+    caption for every clip and exit 0."""
+    from typer.testing import CliRunner
+    from cli import app
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)      # `import llama_cpp` raises, as when not installed
+    corpus, models = corpus_and_models
+    corpus = _copy(corpus, tmp_path)
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    res = CliRunner().invoke(app, ["data", "annotate", "-c", str(corpus.manifest_path), "--stages", "frames",
+                                   "--frames-model", str(models["captioner"]), "--fuse-model", str(gguf),
+                                   "--set", "fuse.backend=llamacpp", "--set", "frames.merge=llm"])
+    assert res.exit_code == 2 and "llama_cpp" in res.output and "ivkit[llamacpp]" in res.output, res.output
+    assert res.output.strip().count("\n") == 0
+    with corpus.manifest(read_only=True) as m:
+        assert m.scalar("SELECT count(*) FROM captions") == 0
+        assert m.scalar("SELECT count(*) FROM runs WHERE stage LIKE 'annotate%'") == 0

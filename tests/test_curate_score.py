@@ -152,3 +152,22 @@ def test_demo_curation_writes_the_report(scored):
     with scored["corpus"].manifest(read_only=True) as m:
         # No clip has a val/test split here, so every clip is a training clip that dedup examined.
         assert m.scalar("SELECT count(*) FROM dedup WHERE method = 'near_dup'") == len(scored["clips"])
+
+
+def test_a_head_of_the_wrong_size_fails_once_up_front(scored, tmp_path):
+    """An aesthetic head that does not take the model's embeddings: exit 2 with one line before any
+    clip, nothing recorded (it used to fail every clip and exit 0)."""
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+    from cli import app
+    corpus = scored["corpus"]
+    save_file({"layers.0.weight": torch.randn(1, 32), "layers.0.bias": torch.zeros(1)}, tmp_path / "h32.safetensors")
+    with corpus.manifest(read_only=True) as m:
+        before = (m.scalar("SELECT count(*) FROM scores"), m.scalar("SELECT count(*) FROM runs"))
+    res = CliRunner().invoke(app, ["data", "score", "-c", str(corpus.manifest_path), "--metrics", "aesthetic",
+                                   "--model-dir", str(scored["clip_dir"]),
+                                   "--aesthetic-head", str(tmp_path / "h32.safetensors")])
+    assert res.exit_code == 2 and "takes 32-d embeddings" in res.output and "16-d" in res.output, res.output
+    assert res.output.strip().count("\n") == 0
+    with corpus.manifest(read_only=True) as m:
+        assert (m.scalar("SELECT count(*) FROM scores"), m.scalar("SELECT count(*) FROM runs")) == before

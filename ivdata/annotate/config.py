@@ -7,6 +7,7 @@ basename), so a corpus annotated on one machine is recognised as done on another
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,11 @@ from ivkit.typed_yaml import ConfigError, build, read_mapping, set_dotted
 __all__ = ["STAGES", "ConfigError", "VidCapConfig", "load_config", "as_dict"]
 
 STAGES = ("asr", "audio", "frames", "fuse")
+# backend -> (the module it imports, the ivkit extra that installs it)
+BACKEND_MODULES = {"faster-whisper": ("faster_whisper", "asr"), "openai-whisper": ("whisper", None),
+                   "llamacpp": ("llama_cpp", "llamacpp"), "transformers": ("transformers", None),
+                   "tagging": ("transformers", None), "audio2text": ("transformers", None),
+                   "image2text": ("transformers", None), "seq2seq": ("transformers", None)}
 
 
 def model_id(backend: str, path: str | None, name: str | None) -> str:
@@ -147,11 +153,29 @@ class VidCapConfig:
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     def check_models(self, stages: tuple[str, ...]) -> None:
-        """Fail before any work when a requested stage has no local model (nothing downloads)."""
+        """Fail before any work when a requested stage has no local model (nothing downloads) or its
+        backend's library is not installed (otherwise every clip would fail the same way)."""
         needed = {"asr": self.asr.model, "audio": self.audio.model, "frames": self.frames.model,
                   "fuse": self.fuse.model if self.fuse.backend != "openai" else "served"}
         if "frames" in stages and self.frames.merge == "llm":
             needed["frames+fuse"] = needed["fuse"]
+        backends = {"asr": [self.asr.backend], "audio": [self.audio.backend], "frames": [self.frames.backend],
+                    "fuse": [self.fuse.backend]}
+        if self.frames.merge == "llm":
+            backends["frames"].append(self.fuse.backend)
+        if self.asr.translate.backend != "none":
+            backends["asr"].append("seq2seq" if self.asr.translate.backend == "seq2seq" else self.fuse.backend)
+        for stage in stages:
+            for backend in backends.get(stage, []):
+                module, extra = BACKEND_MODULES.get(backend, (None, None))
+                if not module:
+                    continue
+                try:        # imported, not only looked up: a wheel whose native library fails counts too
+                    importlib.import_module(module)
+                except Exception as e:
+                    hint = f" (pip install 'ivkit[{extra}]')" if extra else ""
+                    raise ConfigError(f"stage {stage}: backend {backend} needs the python module {module}, "
+                                      f"which does not import{hint}: {type(e).__name__}: {e}") from None
         for stage, path in needed.items():
             if stage.split("+")[0] not in stages:
                 continue

@@ -4,7 +4,9 @@
   left-padded.
 - llamacpp: a GGUF file through llama-cpp-python (CPU, or all layers on the GPU when CUDA is present).
 - openai: an OpenAI-compatible chat-completions endpoint (a vLLM server for scale): concurrent
-  requests, per-request timeout, retries with backoff on connection errors, 429 and 5xx.
+  requests, a per-request deadline that holds during slow replies, replies capped in size, retries
+  with backoff on connection errors, 429 and 5xx; the API key never follows a redirect to another
+  origin, and only http(s) redirects are followed (ivdata/net.py).
 All three return raw text; `clean_caption` turns it into one caption (no reasoning block, no
 "Caption:" preamble, no quotes, one paragraph, closing punctuation).
 """
@@ -15,12 +17,12 @@ import os
 import re
 import time
 import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from ivdata.annotate.config import FuseConfig
 from ivdata.annotate.prompts import AV, AVS, SYSTEM, av_prompt, avs_prompt, prompt_hash
+from ivdata.net import DeadlineExceeded, NetError, open_url, read_capped
 
 
 class TextGenerator(Protocol):
@@ -123,10 +125,11 @@ class LlamaCppGenerator:
 
 class OpenAIHttpGenerator:
     RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+    MAX_REPLY_BYTES = 8 << 20     # a chat completion of a caption is a few KB; more is a broken or hostile server
 
     def __init__(self, url: str, model: str | None, api_key_env: str | None = None, max_new_tokens: int = 96,
                  temperature: float = 0.0, timeout_s: float = 120.0, retries: int = 3, concurrency: int = 8,
-                 name: str | None = None, backoff_s: float = 1.0):
+                 name: str | None = None, backoff_s: float = 1.0, max_reply_bytes: int = MAX_REPLY_BYTES):
         self.endpoint = url.rstrip("/") + "/chat/completions"
         self.model = model
         self.api_key = os.environ.get(api_key_env) if api_key_env else None
@@ -134,6 +137,7 @@ class OpenAIHttpGenerator:
             raise GenerationError(f"environment variable {api_key_env} (fuse.api_key_env) is not set")
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
         self.timeout_s, self.retries, self.concurrency, self.backoff_s = timeout_s, retries, concurrency, backoff_s
+        self.max_reply_bytes = max_reply_bytes
         self.name = name or f"openai:{model}"
 
     def _one(self, prompt: str) -> str:
@@ -149,19 +153,29 @@ class OpenAIHttpGenerator:
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            req = urllib.request.Request(self.endpoint, data=data, headers=headers, method="POST")
+            deadline = time.monotonic() + self.timeout_s
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
-                    reply = json.loads(r.read())
+                with open_url(self.endpoint, data=data, headers=headers, method="POST", timeout_s=self.timeout_s,
+                              deadline=deadline) as r:
+                    reply = json.loads(read_capped(r, self.max_reply_bytes, timeout_s=self.timeout_s,
+                                                   deadline=deadline))
                 return reply["choices"][0]["message"]["content"] or ""
             except urllib.error.HTTPError as e:
-                last = f"HTTP {e.code} from {self.endpoint}: {e.read()[:200]!r}"
+                try:
+                    last = f"HTTP {e.code} from {self.endpoint}: {e.read(200)!r}"   # the start of the body only
+                finally:
+                    e.close()
                 if e.code not in self.RETRY_STATUS:
                     break                                   # a bad request stays bad: do not hammer
+            except DeadlineExceeded:
+                last = f"no complete reply from {self.endpoint} within {self.timeout_s:g} s"
             except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
                 last = f"{type(e).__name__} from {self.endpoint}: {e}"
-            except (KeyError, IndexError, json.JSONDecodeError) as e:
+            except (KeyError, IndexError, TypeError, json.JSONDecodeError) as e:
                 last = f"malformed reply from {self.endpoint}: {e}"
+            except NetError as e:                           # too large, or a refused redirect: not transient
+                last = f"{self.endpoint}: {e}"
+                break
         raise GenerationError(f"{last} (after {attempt + 1} attempt(s))")
 
     def generate(self, prompts: list[str]) -> list[str]:

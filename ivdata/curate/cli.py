@@ -16,7 +16,7 @@ from typing import List, Optional
 
 import typer
 
-from ivdata.cliutil import CorpusOpt, WorkersOpt, console, fail, open_corpus, report_stats
+from ivdata.cliutil import CorpusOpt, WorkersOpt, console, fail, open_corpus, refusals, report_stats
 
 def kmash(recipe: Path = typer.Argument(..., exists=True, dir_okay=False, help="KMash recipe YAML."),
           corpus: str = CorpusOpt,
@@ -109,7 +109,8 @@ def score(corpus: str = CorpusOpt,
         cfg = build(ScoreConfig, fields, "score")
     except ConfigError as e:
         fail(str(e))
-    report_stats("score", run_stage(ScoreStage(open_corpus(corpus), cfg), workers))
+    with refusals():
+        report_stats("score", run_stage(ScoreStage(open_corpus(corpus), cfg), workers))
 
 
 def select_internvid2(recipe: Path = typer.Argument(..., exists=True, help="InternVid2 recipe YAML."),

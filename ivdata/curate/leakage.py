@@ -20,8 +20,7 @@ import numpy as np
 
 from ivdata.curate.ann import IndexConfig, build_index, search
 from ivdata.curate.sources import read_source, source_key
-
-EVAL_SPLITS = ("val", "test")
+from ivdata.splits import EVAL_SPLITS
 
 
 @dataclass

@@ -17,6 +17,9 @@ import numpy as np
 class ShotDetector(Protocol):
     def detect(self, path: str) -> list[tuple[float, float]]: ...
 
+    def check(self) -> None:
+        """Raise when the detector cannot run at all (before any video is handed to it)."""
+
 
 def decoded_frames(path: str, size: Callable[[int, int], tuple[int, int]], fmt: str
                    ) -> Iterator[tuple[float, float, np.ndarray]]:
@@ -48,6 +51,9 @@ class PySceneDetectDetector:
 
     def __init__(self, threshold: float = 27.0, min_scene_len: int = 15, adaptive: bool = False, width: int = 256):
         self.threshold, self.min_scene_len, self.adaptive, self.width = threshold, min_scene_len, adaptive, width
+
+    def check(self) -> None:
+        import scenedetect  # noqa: F401  (the library is the detector)
 
     def scaled(self, w0: int, h0: int) -> tuple[int, int]:
         w = min(self.width, w0)
@@ -81,6 +87,13 @@ class LearnedShotDetector:
         else:                               # TorchScript, as older detector ports ship
             self.model = torch.jit.load(weights, map_location=device).eval()
         self.threshold, self.device = threshold, device
+
+    def check(self) -> None:
+        """One window of blank frames through the model: weights that load but do not take TransNetV2's
+        input, or return something else, fail here."""
+        probs = self.frame_probabilities(np.zeros((1, self.SIZE[1], self.SIZE[0], 3), np.uint8))
+        if probs.shape != (1,):
+            raise ValueError(f"the model gave {probs.shape} probabilities for 1 frame")
 
     def frame_probabilities(self, frames: np.ndarray) -> np.ndarray:
         """frames: (T, 27, 48, 3) uint8 -> (T,) cut probability per frame."""

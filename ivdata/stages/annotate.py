@@ -348,11 +348,9 @@ def annotate(
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Also redo clips whose failure is recorded."),
 ):
     """VidCap captions: S (ASR), A (audio), V (frames), AV and AVS (LLM fusion) -> the captions table."""
-    from rich.console import Console
-
+    from ivdata.cliutil import console, fail
     from ivdata.manifest import ManifestError
     from ivkit.typed_yaml import ConfigError, parse_override
-    console = Console()
     overrides: dict[str, Any] = {"asr.model": asr_model, "audio.model": audio_model, "frames.model": frames_model,
                                  "fuse.model": fuse_model, "device": device, "batch_size": batch_size}
     if fuse_url:
@@ -362,8 +360,7 @@ def annotate(
         cfg = load_config(config, overrides)
         stats = run_annotation(Corpus.open(corpus), cfg, parse_stages(stages), subset, workers, retry_failed)
     except (ConfigError, ManifestError, ValueError) as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(2)
+        fail(str(e))
     for name, st in stats.items():
         c = st.as_counts()
         rtf = f", real-time factor {1 / c['media_s_per_s']:.3f}" if c.get("media_s_per_s") else ""

@@ -1,6 +1,7 @@
 """The one small interface every data-engine stage shares.
 
-A stage declares what manifest facts it needs and produces, lists the work not yet recorded
+A stage declares what manifest facts it needs and produces, checks that its configuration can work
+at all (`check`, before the run is recorded or any item is touched), lists the work not yet recorded
 (`pending`), does one item's work in a worker (`work`, a pure function of the item: no manifest
 access), and records results as the single manifest writer (`record`). `run_stage` drives it:
 results are committed in batches, so a killed run loses at most the uncommitted batch, and a
@@ -16,6 +17,12 @@ from ivdata.corpus import Corpus
 from ivdata.manifest import Manifest
 from ivdata.runtime.executor import WorkFailed, map_unordered
 from ivkit.progress import progress
+
+
+class StageConfigError(ValueError):
+    """A run that cannot work as configured (a detector that does not load, a scoring head of the wrong
+    size, cut options that clash with what is recorded): refused up front, so no item is recorded as
+    failed for a fault that is not the item's."""
 
 
 @dataclass
@@ -50,6 +57,9 @@ class Stage:
         return {k: (asdict(v) if is_dataclass(v) else v) for k, v in vars(self).items()
                 if k != "corpus" and not k.startswith("_")}
 
+    def check(self, m: Manifest, retry_failed: bool) -> None:
+        """Raise StageConfigError when this run cannot work as configured. Runs before anything is recorded."""
+
     def pending(self, m: Manifest, retry_failed: bool) -> list[Any]:
         raise NotImplementedError
 
@@ -60,6 +70,9 @@ class Stage:
         """Write a batch of (item, result | WorkFailed) to the manifest; runs inside one transaction."""
         raise NotImplementedError
 
+    def committed(self, batch: list[tuple[Any, Any]]) -> None:
+        """Called after a batch's transaction has committed (e.g. to drop a journal the records supersede)."""
+
     def finish(self, m: Manifest, stats: StageStats) -> None:
         """Called once after every batch is recorded (e.g. to write an index)."""
 
@@ -69,6 +82,7 @@ def run_stage(stage: Stage, workers: int = 0, retry_failed: bool = False, batch_
     stats = StageStats()
     t0 = time.perf_counter()
     with stage.corpus.manifest() as m:
+        stage.check(m, retry_failed)
         run_id = m.start_run(stage.name, {**stage.config(), "workers": workers, "retry_failed": retry_failed})
         status = "failed"
         try:
@@ -104,6 +118,7 @@ def _commit(stage: Stage, m: Manifest, batch: list, stats: StageStats) -> None:
     except Exception:
         m.execute("ROLLBACK")
         raise
+    stage.committed(batch)
 
 
 def failed(result: Any) -> bool:

@@ -25,6 +25,7 @@ from ivdata.curate.leakage import (EvalVideo, LeakMatch, eval_ids_from_annotatio
                                    match_source_ids, parse_eval_spec)
 from ivdata.curate.store import load_embeddings, write_part
 from ivdata.manifest import Manifest
+from ivdata.splits import canonical_split, eval_split_sql, is_eval_split
 from ivdata.stages.base import Stage, StageStats, failed
 
 METHODS = ("source_id", "sha256", "near_dup", "leakage")
@@ -59,10 +60,6 @@ SELECT c.clip_id, c.video_id, v.source, v.source_id, v.split, v.sha256 AS video_
 FROM clips c JOIN videos v USING (video_id)
 WHERE c.status = 'ok' ORDER BY c.clip_id
 """
-
-
-def is_eval(split: str | None) -> bool:
-    return split in ("val", "test")
 
 
 class DedupeStage(Stage):
@@ -109,8 +106,10 @@ class DedupeStage(Stage):
     def finish(self, m: Manifest, stats: StageStats) -> None:
         cfg = self.cfg
         facts = m.rows(CLIP_FACTS_SQL)
-        train = [f for f in facts if not is_eval(f["split"])]
-        evals = [f for f in facts if is_eval(f["split"])]
+        for f in facts:   # canonical names, also for rows ingested before ingest normalised them
+            f["split"] = canonical_split(f["split"]) or f["split"]
+        train = [f for f in facts if not is_eval_split(f["split"])]
+        evals = [f for f in facts if is_eval_split(f["split"])]
         clips = [ClipFacts(f["clip_id"], f["video_id"], f["source"],
                            f"{f['namespace']}:{f['source_id']}" if f["source_id"] else None,
                            f["video_sha256"], f["sha256"], f["start_s"] or 0.0, f["duration_s"] or 0.0,
@@ -157,7 +156,7 @@ class DedupeStage(Stage):
             raise
         # Training clips that every dedup method kept (select_subset runs its own transaction).
         nkept = m.select_subset(cfg.subset, where=(
-            "(split IS NULL OR split NOT IN ('val', 'test')) AND clip_id NOT IN "
+            f"(split IS NULL OR NOT {eval_split_sql('split')}) AND clip_id NOT IN "
             "(SELECT clip_id FROM dedup WHERE NOT kept)"))
         removed = {}
         for d in decisions:

@@ -14,13 +14,16 @@ import os
 import time
 import urllib.error
 import urllib.parse
-import urllib.request
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from ivdata.corpus import Corpus
+from ivdata.fsutil import hash_file, stamp
 from ivdata.manifest import Manifest, utcnow
+from ivdata.net import DeadlineExceeded, NetError, content_length, content_range, open_url, read_chunks
+from ivdata.splits import canonical_split
 from ivdata.stages.base import Stage, StageStats, failed
 
 VIDEO_EXTS = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".flv", ".mpg", ".mpeg", ".ts", ".3gp", ".wmv"}
@@ -32,6 +35,14 @@ class SourceError(ValueError):
     pass
 
 
+class DownloadError(ValueError):
+    pass
+
+
+class _OverLimit(DownloadError):
+    """Over max_bytes: the .part is deleted, since no retry can succeed under the same limit."""
+
+
 def video_id_for(source: str, key: str) -> str:
     return "v" + hashlib.sha1(f"{source}\0{key}".encode()).hexdigest()[:16]
 
@@ -40,26 +51,39 @@ def _is_url(s: str) -> bool:
     return s.startswith(("http://", "https://"))
 
 
-def expand_sources(sources: Iterable[str], source: str = "local") -> list[dict]:
+@dataclass
+class Sources:
+    """Command-line sources as ingest rows, and the files of listed folders that were left out."""
+    rows: list[dict]
+    not_video: list[str] = field(default_factory=list)   # by extension (VIDEO_EXTS), hidden files included
+
+
+def expand_sources(sources: Iterable[str], source: str = "local") -> Sources:
     """Turn command-line sources into rows (dicts with the keys the ingest stage accepts)."""
-    rows: list[dict] = []
+    out = Sources([])
     for s in sources:
         s = str(s)
         p = Path(s)
         if _is_url(s):
-            rows.append({"url": s, "source": source})
+            out.rows.append({"url": s, "source": source})
         elif p.is_dir():
-            rows += [{"path": str(f), "source": source} for f in sorted(p.rglob("*"))
-                     if f.is_file() and f.suffix.lower() in VIDEO_EXTS]
+            for f in sorted(p.rglob("*")):
+                if not f.is_file():
+                    continue
+                if f.suffix.lower() in VIDEO_EXTS and not f.name.startswith("."):
+                    out.rows.append({"path": str(f), "source": source})
+                else:
+                    out.not_video.append(str(f))
         elif p.is_file() and p.suffix.lower() in LIST_EXTS:
-            rows += [{"source": source, **r} for r in read_list(p)]
+            out.rows += [{"source": source, **r} for r in read_list(p)]
         elif p.is_file():
-            rows.append({"path": str(p), "source": source})
+            out.rows.append({"path": str(p), "source": source})
         elif any(ch in s for ch in "*?["):
-            rows += [{"path": f, "source": source} for f in sorted(glob.glob(s, recursive=True)) if Path(f).is_file()]
+            out.rows += [{"path": f, "source": source} for f in sorted(glob.glob(s, recursive=True))
+                         if Path(f).is_file()]
         else:
             raise SourceError(f"source {s!r}: no such file, directory or URL")
-    return rows
+    return out
 
 
 def read_list(path: Path) -> list[dict]:
@@ -112,13 +136,16 @@ class IngestStage(Stage):
     name = "ingest"
     produces = ("videos", "spans")
 
-    def __init__(self, corpus: Corpus, rows: list[dict], max_bytes: int = 8 << 30, timeout_s: float = 60.0,
+    def __init__(self, corpus: Corpus, rows: list[dict] | Sources, max_bytes: int = 8 << 30, timeout_s: float = 60.0,
                  max_seconds: float = 3600.0):
         super().__init__(corpus)
-        self._rows = rows
-        self.nrows = len(rows)
+        sources = rows if isinstance(rows, Sources) else Sources(list(rows))
+        self._rows = sources.rows
+        self._not_video = sources.not_video
+        self.nrows = len(sources.rows)
         self.max_bytes, self.timeout_s, self.max_seconds = max_bytes, timeout_s, max_seconds
-        self._items, self._spans = self._group(rows)
+        self._unknown_splits: Counter = Counter()
+        self._items, self._spans = self._group(sources.rows)
 
     def _group(self, rows: list[dict]) -> tuple[dict[str, IngestItem], list[dict]]:
         items: dict[str, IngestItem] = {}
@@ -133,13 +160,24 @@ class IngestStage(Stage):
             if vid not in items:
                 extra = {k: v for k, v in r.items() if k not in KNOWN and v not in (None, "")}
                 items[vid] = IngestItem(vid, source, sid, uri, None if url else uri, url,
-                                        r.get("label") or None, r.get("split") or None, extra)
+                                        r.get("label") or None, self._split_name(r.get("split")), extra)
             start, end = _num(r.get("start")), _num(r.get("end"))
             if start is not None and end is not None:
                 if end <= start:
                     raise SourceError(f"span end {end} <= start {start} for {uri}")
                 spans.append({"video_id": vid, "start_s": start, "end_s": end, "label": r.get("label") or None})
         return items, spans
+
+    def _split_name(self, raw: Any) -> str | None:
+        """The canonical split (val for validate/validation, ...); an unknown word is kept as given and
+        counted, since dedupe treats it as training."""
+        if raw is None or not str(raw).strip():
+            return None
+        name = canonical_split(raw)
+        if name is None:
+            name = str(raw).strip()
+            self._unknown_splits[name] += 1
+        return name
 
     def pending(self, m: Manifest, retry_failed: bool) -> list[IngestItem]:
         have = {r[0]: (r[1], r[2]) for r in m.execute("SELECT video_id, status, failed_stage FROM videos").fetchall()}
@@ -157,18 +195,19 @@ class IngestStage(Stage):
                                 self.timeout_s, self.max_seconds))
         if not os.path.isfile(path):
             raise FileNotFoundError(f"file not found: {path}")
-        h, n = hashlib.sha256(), 0
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-                n += len(chunk)
-        return {"path": path, "sha256": h.hexdigest(), "bytes": n}
+        before = stamp(path)
+        sha, n = hash_file(path)
+        if stamp(path) != before:
+            raise DownloadError(f"{path} changed while it was being hashed")
+        # size and mtime let later stages notice a file replaced after ingest without hashing it again
+        return {"path": path, "sha256": sha, "bytes": n, "mtime_ns": before[1]}
 
     def record(self, m: Manifest, done: list, stats: StageStats) -> None:
         rows = []
         for item, res in done:
             row = {"video_id": item.video_id, "source": item.source, "source_id": item.source_id, "uri": item.uri,
-                   "path": item.path, "sha256": None, "bytes": None, "label": item.label, "split": item.split,
+                   "path": item.path, "sha256": None, "bytes": None, "mtime_ns": None,
+                   "label": item.label, "split": item.split,
                    "extra": json.dumps(item.extra) if item.extra else None, "ingested_at": utcnow(),
                    "status": "ingested", "error": None, "failed_stage": None}
             if failed(res):
@@ -185,10 +224,36 @@ class IngestStage(Stage):
         m.insert_rows("spans", self._spans, mode="INSERT OR IGNORE")
         stats.skipped = len(self._items) - stats.pending
         stats.extra["spans"] = len(self._spans)
+        if self._not_video:
+            stats.extra["not_video_files"] = len(self._not_video)
+            stats.extra["not_video_examples"] = [Path(f).name for f in self._not_video[:5]]
+        if self._unknown_splits:
+            stats.extra["unknown_splits"] = dict(self._unknown_splits)
+
+
+def ingest_warnings(stats: StageStats) -> list[str]:
+    """What a user should read after an ingest: files left out, split names not understood."""
+    out = []
+    n = stats.extra.get("not_video_files")
+    if n:
+        names = stats.extra.get("not_video_examples", [])
+        out.append(f"skipped {n} file(s) in the given folders that are not videos (by extension, or hidden): "
+                   + ", ".join(names) + (", ..." if n > len(names) else ""))
+    unknown = stats.extra.get("unknown_splits")
+    if unknown:
+        words = ", ".join(f"{k!r} ({v} videos)" for k, v in sorted(unknown.items()))
+        out.append(f"split name(s) {words} are not train/val/test in any known spelling: recorded as given, "
+                   "and dedupe treats them as training")
+    return out
 
 
 def download(url: str, dest_dir: Path, video_id: str, max_bytes: int, timeout_s: float, max_seconds: float) -> Path:
-    """Resumable download: bytes land in <id>.part (continued with a Range request), renamed when whole."""
+    """Resumable download: bytes land in <id>.part (continued with a Range request), renamed when whole.
+
+    Limits: `max_bytes` (a file over it fails and its .part is deleted: it can never succeed under this
+    limit) and `max_seconds` for the whole transfer, held during slow reads (the .part of a download cut
+    short by time or the network stays, so --retry-failed resumes it). Only http(s), also on redirects.
+    """
     dest_dir.mkdir(parents=True, exist_ok=True)
     suffix = Path(urllib.parse.urlparse(url).path).suffix.lower()
     suffix = suffix if suffix in VIDEO_EXTS else ".mp4"
@@ -196,31 +261,58 @@ def download(url: str, dest_dir: Path, video_id: str, max_bytes: int, timeout_s:
     if final.exists():
         return final
     part = dest_dir / f"{video_id}{suffix}.part"
-    have = part.stat().st_size if part.exists() else 0
-    req = urllib.request.Request(url, headers={"User-Agent": "ivkit", **({"Range": f"bytes={have}-"} if have else {})})
-    t0 = time.monotonic()
+    deadline = time.monotonic() + max_seconds
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-            if have and resp.status != 206:   # server ignored the range: start over
-                have = 0
-            total = resp.headers.get("Content-Length")
-            if total is not None and have + int(total) > max_bytes:
-                raise ValueError(f"download larger than the limit: {have + int(total)} > {max_bytes} bytes")
-            with open(part, "ab" if have else "wb") as f:
-                n = have
-                while chunk := resp.read(1 << 16):
-                    n += len(chunk)
-                    if n > max_bytes:
-                        raise ValueError(f"download exceeded the size limit of {max_bytes} bytes")
-                    if time.monotonic() - t0 > max_seconds:
-                        raise TimeoutError(f"download exceeded the time limit of {max_seconds:.0f} s")
-                    f.write(chunk)
+        if not _transfer(url, part, deadline, max_bytes, timeout_s):
+            part.unlink(missing_ok=True)   # the server says the .part is not a prefix of the file: start over
+            _transfer(url, part, deadline, max_bytes, timeout_s)
+    except DeadlineExceeded:
+        raise DownloadError(f"download exceeded the time limit of {max_seconds:g} s") from None
+    except _OverLimit:
+        part.unlink(missing_ok=True)
+        raise
     except urllib.error.HTTPError as e:
-        raise ValueError(f"HTTP {e.code} for {url}") from e
+        raise DownloadError(f"HTTP {e.code} for {url}") from None
     except urllib.error.URLError as e:
-        raise ValueError(f"cannot fetch {url}: {e.reason}") from e
+        raise DownloadError(f"cannot fetch {url}: {e.reason}") from None
+    except (NetError, TimeoutError, ConnectionError) as e:
+        raise DownloadError(f"cannot fetch {url}: {e}") from None
     os.replace(part, final)
     return final
+
+
+def _transfer(url: str, part: Path, deadline: float, max_bytes: int, timeout_s: float) -> bool:
+    """Fetch what `part` lacks. False when the .part turns out not to be a prefix of the file (start over)."""
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": "ivkit", **({"Range": f"bytes={have}-"} if have else {})}
+    try:
+        resp = open_url(url, headers=headers, timeout_s=timeout_s, deadline=deadline)
+    except urllib.error.HTTPError as e:
+        if e.code != 416 or not have:
+            raise
+        total = content_range(e.headers)[1]
+        e.close()
+        # 416 to "bytes=have-": nothing is left after `have`. The .part is the whole file when the server's
+        # size says so (a run killed after the last byte, before the rename); otherwise it is stale.
+        return total == have
+    with resp:
+        if have and resp.status == 206 and content_range(resp.headers)[0] != have:
+            return False                       # a range other than the one asked for: cannot append
+        start = have if resp.status == 206 else 0   # a server that ignores ranges sends everything
+        length = content_length(resp.headers)
+        if length is not None and start + length > max_bytes:
+            raise _OverLimit(f"download larger than the limit: {start + length} > {max_bytes} bytes")
+        n = start
+        with open(part, "ab" if start else "wb") as f:
+            for chunk in read_chunks(resp, timeout_s=timeout_s, deadline=deadline):
+                n += len(chunk)
+                if n > max_bytes:
+                    raise _OverLimit(f"download exceeded the size limit of {max_bytes} bytes")
+                f.write(chunk)
+    if length is not None and n < start + length:
+        raise DownloadError(f"connection closed after {n} of {start + length} bytes "
+                            "(the partial file is kept: --retry-failed resumes it)")
+    return True
 
 
 def ingest_rows(corpus: Corpus, rows: list[dict], workers: int = 0, retry_failed: bool = False, **kw) -> StageStats:

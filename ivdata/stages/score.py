@@ -17,7 +17,7 @@ from ivdata.curate.embed import cached_embedder, embedder_name, l2norm, model_sp
 from ivdata.curate.filters import AestheticHead, motion_score, text_overlay_score
 from ivdata.curate.frames import frame_pairs, sample_frames
 from ivdata.manifest import Manifest
-from ivdata.stages.base import Stage, StageStats, failed
+from ivdata.stages.base import Stage, StageConfigError, StageStats, failed
 
 METRICS = ("motion", "aesthetic", "clip_text_sim", "text_overlay")
 _HEADS: dict = {}
@@ -58,6 +58,14 @@ class ScoreConfig:
         return name
 
 
+def _head(cfg: ScoreConfig) -> AestheticHead:
+    """The aesthetic head, loaded once per process."""
+    key = (cfg.aesthetic_head, cfg.aesthetic_activation)
+    if key not in _HEADS:
+        _HEADS[key] = AestheticHead(cfg.aesthetic_head, cfg.aesthetic_activation)
+    return _HEADS[key]
+
+
 class ScoreStage(Stage):
     name = "score"
     needs = ("clips.path", "captions")
@@ -66,6 +74,25 @@ class ScoreStage(Stage):
     def __init__(self, corpus: Corpus, cfg: ScoreConfig | None = None):
         super().__init__(corpus)
         self.cfg = cfg or ScoreConfig()
+
+    def check(self, m: Manifest, retry_failed: bool) -> None:
+        """The model and the aesthetic head load, and the head takes the model's embeddings: otherwise
+        every clip would fail the same way."""
+        cfg = self.cfg
+        if not {"aesthetic", "clip_text_sim"} & set(cfg.metrics):
+            return
+        try:
+            model = cached_embedder(model_spec(cfg.model_dir), cfg.device)
+        except Exception as e:
+            raise StageConfigError(f"score model {cfg.model_dir}: {type(e).__name__}: {e}") from e
+        if "aesthetic" in cfg.metrics:
+            try:
+                head = _head(cfg)
+            except Exception as e:
+                raise StageConfigError(f"aesthetic head {cfg.aesthetic_head}: {type(e).__name__}: {e}") from e
+            if head.in_dim != model.dim:
+                raise StageConfigError(f"aesthetic head {cfg.aesthetic_head} takes {head.in_dim}-d embeddings, "
+                                       f"but {cfg.model_dir} gives {model.dim}-d ones")
 
     def pending(self, m: Manifest, retry_failed: bool) -> list[dict]:
         cfg = self.cfg
@@ -102,10 +129,7 @@ class ScoreStage(Stage):
             model = cached_embedder(model_spec(cfg.model_dir), cfg.device)
             frames_emb = model.embed_frames(sample_frames(item["path"], cfg.num_frames, max_side=None))
             if "aesthetic" in item["metrics"]:
-                key = (cfg.aesthetic_head, cfg.aesthetic_activation)
-                if key not in _HEADS:
-                    _HEADS[key] = AestheticHead(cfg.aesthetic_head, cfg.aesthetic_activation)
-                out["aesthetic"] = float(np.mean(_HEADS[key](frames_emb)))
+                out["aesthetic"] = float(np.mean(_head(cfg)(frames_emb)))
             if "clip_text_sim" in item["metrics"]:
                 video = l2norm(frames_emb.mean(axis=0))
                 out["clip_text_sim"] = float(video @ model.embed_texts([item["caption"]])[0])

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ivdata.corpus import Corpus
 from ivdata.manifest import Manifest
 from ivdata.media.shots import make_detector
-from ivdata.stages.base import Stage, StageStats, failed
+from ivdata.stages.base import Stage, StageConfigError, StageStats, failed
 
 METHODS = ("shots", "whole", "fixed", "spans")
 
@@ -76,6 +76,18 @@ class SplitStage(Stage):
     def __init__(self, corpus: Corpus, cfg: SplitConfig | None = None):
         super().__init__(corpus)
         self.cfg = cfg or SplitConfig()
+
+    def check(self, m: Manifest, retry_failed: bool) -> None:
+        """A detector that cannot be built or run (unknown name, weights that do not load or do not take
+        the detector's input) is a configuration fault: refused once, not recorded against every video."""
+        if self.cfg.method != "shots":
+            return
+        try:
+            make_detector(self.cfg.detector, self.cfg.weights, self.cfg.threshold).check()
+        except Exception as e:
+            raise StageConfigError(f"shot detector {self.cfg.detector!r}"
+                                   + (f" (weights {self.cfg.weights})" if self.cfg.weights else "")
+                                   + f": {type(e).__name__}: {e}") from e
 
     def pending(self, m: Manifest, retry_failed: bool) -> list[dict]:
         q = ("SELECT v.video_id, v.path, v.duration_s FROM videos v LEFT JOIN splits s USING (video_id) "

@@ -18,13 +18,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ivdata.splits import CANONICAL, canonical_split
+
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
 
-_SPLITS = {
-    "train": "train", "training": "train", "trainval": "train",
-    "val": "val", "valid": "val", "validate": "val", "validation": "val",
-    "test": "test", "testing": "test",
-}
 
 
 class SourceFormatError(ValueError):
@@ -32,11 +29,13 @@ class SourceFormatError(ValueError):
 
 
 def normalise_split(raw: str | None, where: str) -> str:
+    """A dataset file's split word, canonical (ivdata/splits.py); an annotation file with a word we do not
+    know is not the format it was read as, so it is an error here (plain ingest lists only warn)."""
     if raw is None or str(raw).strip() == "":
         raise SourceFormatError(f"{where}: empty split")
-    split = _SPLITS.get(str(raw).strip().lower())
+    split = canonical_split(raw)
     if split is None:
-        raise SourceFormatError(f"{where}: unknown split {raw!r} (expected one of {sorted(set(_SPLITS))})")
+        raise SourceFormatError(f"{where}: unknown split {raw!r} (expected one of {sorted(CANONICAL)})")
     return split
 
 
