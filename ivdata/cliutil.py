@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 console = Console(soft_wrap=True)
 
@@ -17,6 +18,19 @@ _SUMMARY_KEYS = ("ok", "failed", "skipped", "pending", "seconds", "media_seconds
 def fail(msg: str) -> None:
     console.print(f"[red]error:[/] {msg}")
     raise typer.Exit(2)
+
+
+class CliGroup(TyperGroup):
+    """The `iv` app's root group: a ManifestError raised by any command under it (a missing subset, a manifest
+    another process is writing, ...) says what is wrong in one line and exits with code 2, without a traceback.
+    ManifestError is the data engine's error for what the user can fix; anything else is a bug and shows one."""
+
+    def invoke(self, ctx):
+        from ivdata.manifest import ManifestError
+        try:
+            return super().invoke(ctx)
+        except ManifestError as e:
+            fail(str(e))
 
 
 def open_corpus(name: str):
