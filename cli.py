@@ -148,8 +148,9 @@ def data_verify(corpus: str = CorpusOpt, shardset: Optional[str] = typer.Option(
         problems, counts = verify(open_corpus(corpus), shardset)
     except ValueError as e:
         fail(str(e))
+    from rich.markup import escape
     for p in problems:
-        console.print(f"[red]✗[/] {p}")
+        console.print(f"[red]✗[/] {escape(p)}")
     console.print(f"{counts['shards']} shards, {counts['samples']} samples checked, {len(problems)} problems")
     if problems:
         raise typer.Exit(1)

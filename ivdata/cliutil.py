@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperGroup
 
 console = Console(soft_wrap=True)
@@ -16,7 +17,7 @@ _SUMMARY_KEYS = ("ok", "failed", "skipped", "pending", "seconds", "media_seconds
 
 
 def fail(msg: str) -> None:
-    console.print(f"[red]error:[/] {msg}")
+    console.print(f"[red]error:[/] {escape(msg)}")    # messages quote user input: brackets are text, not markup
     raise typer.Exit(2)
 
 

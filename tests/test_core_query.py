@@ -64,6 +64,8 @@ def test_queries_cannot_read_files_or_list_folders(small_corpus, tmp_path):
 def test_one_select_per_query(small_corpus):
     res = query(small_corpus, "SELECT 1; SELECT 2")
     assert res.exit_code == 2 and "one statement" in res.output
+    res = query(small_corpus, "SELECT x FROM [/]")        # quoted in the error: text, not console markup
+    assert res.exit_code == 2 and "[/]" in res.output and "Traceback" not in res.output, res.output
     res = query(small_corpus, "SELECT count(*) AS n FROM clips;")     # a trailing semicolon is still one
     assert res.exit_code == 0 and " 8 " in res.output, res.output
     res = query(small_corpus, "DESCRIBE clips", "--limit", "100")

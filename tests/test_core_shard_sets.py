@@ -46,7 +46,7 @@ def test_verify_reports_every_damage_of_every_shard(small_corpus):
     data = second.read_bytes()
     second.write_bytes(data[:len(data) // 3])                    # cut inside a member
     (c.shard_dir("all") / "all-000000 (copy).tar").write_bytes(b"")
-    (c.shard_dir("all") / "old.tar").write_bytes(b"")
+    (c.shard_dir("all") / "[bold]old.tar").write_bytes(b"")
 
     res = iv(c, "data", "verify")
     assert res.exit_code == 1 and "Traceback" not in res.output, res.output
@@ -64,8 +64,18 @@ def test_verify_reports_every_damage_of_every_shard(small_corpus):
     assert f"all/{first.name}: cut short after member {before_cut}" in text
     assert f"1 recorded sample(s) absent: {last_key}" in text
     assert "all/all-000000 (copy).tar: tar file not in the manifest" in text
-    assert "all/old.tar: tar file not in the manifest" in text
+    assert "all/[bold]old.tar: tar file not in the manifest" in text
     assert all(p in res.output for p in problems) and f"{len(problems)} problems" in res.output
+
+
+def test_verify_goes_on_past_a_shard_it_cannot_read_or_find(small_corpus):
+    first, second = small_corpus.shard_list("all")
+    first.unlink()
+    first.mkdir()                                               # in the way: open() fails with an OSError
+    problems, counts = verify(small_corpus)
+    assert problems == [f"all/{first.name}: unreadable (Is a directory)"] and counts == {"shards": 2, "samples": 4}
+    second.unlink()
+    assert verify(small_corpus)[0] == [f"all/{first.name}: unreadable (Is a directory)", f"all/{second.name}: missing"]
 
 
 def test_verify_rejects_a_shard_set_name_that_is_a_path_and_reports_an_unknown_one(small_corpus):

@@ -80,18 +80,22 @@ def _verify_set(m: Manifest, corpus: Corpus, ss: str, counts: dict) -> list[str]
     for s in shards:
         counts["shards"] += 1
         rel, path = s["path"], corpus.shards_dir / s["path"]
+        entry = index.pop(Path(rel).name, None) if index is not None else None
+        if index is not None and entry is None:
+            problems.append(f"{rel}: not listed in the wids index")
         if not path.exists():
             problems.append(f"{rel}: missing")
             continue
-        sha, md5, size = file_digests(path)
+        try:
+            sha, md5, size = file_digests(path)
+        except OSError as e:
+            problems.append(f"{rel}: unreadable ({e.strerror or e})")
+            continue
         if size != s["bytes"]:
             problems.append(f"{rel}: {size} bytes, the manifest records {s['bytes']}")
         if sha != s["sha256"] or md5 != s["md5"]:
             problems.append(f"{rel}: content differs from the manifest (sha256/md5)")
-        entry = index.pop(Path(rel).name, None) if index is not None else None
-        if index is not None and entry is None:
-            problems.append(f"{rel}: not listed in the wids index")
-        elif entry is not None:
+        if entry is not None:
             if entry.get("filesize") != size:
                 problems.append(f"{rel}: {size} bytes, the wids index says {entry.get('filesize')}")
             if entry.get("md5sum") != md5:
