@@ -11,10 +11,11 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from ivdata.cliutil import CorpusOpt, RetryOpt, WorkersOpt, console, fail, open_corpus, refusals, report_stats, warn
+from ivdata.cliutil import (CliGroup, CorpusOpt, RetryOpt, WorkersOpt, console, fail, open_corpus, refusals,
+                             report_stats, warn)
 
 app = typer.Typer(help="ivkit: video pretraining corpora (DuckDB manifest + WebDataset shards) and training.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, cls=CliGroup)
 corpus_app = typer.Typer(help="Create and inspect corpora.", no_args_is_help=True)
 data_app = typer.Typer(help="Data engine stages: ingest -> probe -> split -> cut -> annotate -> dedupe/score -> shard, verify.",
                         no_args_is_help=True)
@@ -52,7 +53,7 @@ def corpus_info(corpus: str = CorpusOpt):
         for sql, title in [("SELECT status, count(*) AS n FROM videos GROUP BY 1 ORDER BY 1", "videos"),
                            ("SELECT status, count(*) AS n, round(sum(duration_s), 1) AS media_s FROM clips GROUP BY 1 ORDER BY 1", "clips"),
                            ("SELECT shardset, count(*) AS shards, sum(nsamples) AS samples, sum(bytes) AS nbytes FROM shards GROUP BY 1", "shards")]:
-            _print_table(m.execute(sql), title)
+            _print_table(m.relation(sql), title)
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -150,18 +151,27 @@ def data_shard(corpus: str = CorpusOpt, subset: str = typer.Option("all", help="
     """Write a subset as WebDataset tars + a wids index; fill the shards/samples tables."""
     from ivdata import pipeline
     from ivdata.stages.shard import ShardConfig
-    cfg = ShardConfig(subset=subset, shardset=shardset, maxcount=maxcount, maxsize=int(maxsize), flac=flac,
-                      include_labels=include_labels, txt_kinds=tuple(k.strip() for k in txt.split(",") if k.strip()))
+    try:
+        cfg = ShardConfig(subset=subset, shardset=shardset, maxcount=maxcount, maxsize=int(maxsize), flac=flac,
+                          include_labels=include_labels,
+                          txt_kinds=tuple(k.strip() for k in txt.split(",") if k.strip()))
+    except ValueError as e:
+        fail(str(e))
     report_stats("shard", pipeline.shard(open_corpus(corpus), cfg, workers=workers))
 
 
 @data_app.command("verify")
 def data_verify(corpus: str = CorpusOpt, shardset: Optional[str] = typer.Option(None, help="Only this shard set.")):
-    """Check that shards on disk and the manifest agree (hashes, members, no strays)."""
+    """Check that shards on disk, their wids index and the manifest agree (sizes, hashes, members, sample
+    counts, subset membership, no strays); report every problem of every shard."""
     from ivdata.shards.verify import verify
-    problems, counts = verify(open_corpus(corpus), shardset)
+    try:
+        problems, counts = verify(open_corpus(corpus), shardset)
+    except ValueError as e:
+        fail(str(e))
+    from rich.markup import escape
     for p in problems:
-        console.print(f"[red]✗[/] {p}")
+        console.print(f"[red]✗[/] {escape(p)}")
     console.print(f"{counts['shards']} shards, {counts['samples']} samples checked, {len(problems)} problems")
     if problems:
         raise typer.Exit(1)
@@ -229,9 +239,21 @@ def models_tiny(out: Path = typer.Argument(..., help="Folder for the model dirs 
 
 
 # ----------------------------------------------------------------------------------------- manifest
-def _print_table(cur, title: str | None = None, limit: int = 50) -> None:
-    cols = [d[0] for d in cur.description]
-    rows = cur.fetchmany(limit + 1)
+def _first_rows(rel, n: int) -> list[tuple]:
+    """Up to n rows of a relation, through Arrow: DuckDB's own conversion of TIMESTAMPTZ values needs pytz,
+    Arrow's does not."""
+    rows: list[tuple] = []
+    with rel.to_arrow_reader(n) as reader:      # closing it ends the query, so the connection can run the next
+        for batch in reader:
+            rows += zip(*(col.to_pylist() for col in batch.columns))
+            if len(rows) >= n:
+                break
+    return rows[:n]
+
+
+def _print_table(rel, title: str | None = None, limit: int = 50) -> None:
+    cols = rel.columns
+    rows = _first_rows(rel, limit + 1)
     t = Table(title=title, show_lines=False)
     for c in cols:
         t.add_column(c, overflow="fold")
@@ -243,20 +265,25 @@ def _print_table(cur, title: str | None = None, limit: int = 50) -> None:
 
 
 @manifest_app.command("query")
-def manifest_query(sql: str = typer.Argument(..., help="SQL over videos, clips, captions, scores, ... (read-only)."),
+def manifest_query(sql: str = typer.Argument(..., help="One SELECT (or EXPLAIN) over videos, clips, captions, scores, ..."),
                    corpus: str = CorpusOpt, out: Optional[Path] = typer.Option(None, help="Write to .parquet/.csv/.json."),
                    limit: int = typer.Option(50, help="Rows to print.")):
-    """Run SQL on a read-only connection; print a table or write a file."""
+    """Run one read-only SELECT over this corpus's manifest; print a table or write a file (--out).
+
+    The query reads the manifest's tables and nothing else: no files, no other databases, no extensions,
+    no settings; ivkit writes --out itself."""
     import duckdb
     from ivdata.manifest import Manifest, ManifestError, write_query_result
     c = open_corpus(corpus)
+    if out and out.resolve().is_relative_to(c.shards_dir.resolve()):
+        fail(f"--out {out} lies among the corpus's shards ({c.shards_dir}); write it somewhere else")
     try:
-        with Manifest(c.manifest_path, read_only=True) as m:
+        with Manifest.for_queries(c.manifest_path) as m:
             if out:
-                write_query_result(m.con, sql, out)
+                write_query_result(m.query(sql), out)
                 console.print(f"wrote {out}")
             else:
-                _print_table(m.execute(sql), limit=limit)
+                _print_table(m.query(sql), limit=limit)
     except (duckdb.Error, ManifestError) as e:
         fail(str(e))
 

@@ -6,6 +6,7 @@ from contextlib import contextmanager
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 console = Console(soft_wrap=True)
 
@@ -18,7 +19,7 @@ _SUMMARY_KEYS = ("ok", "failed", "skipped", "pending", "seconds", "media_seconds
 
 
 def fail(msg: str) -> None:
-    console.print(f"[red]error:[/] {escape(msg)}")      # a message may hold brackets, e.g. ivkit[asr]
+    console.print(f"[red]error:[/] {escape(msg)}")    # messages quote user input: brackets are text, not markup
     raise typer.Exit(2)
 
 
@@ -35,6 +36,19 @@ def refusals():
 
 def warn(msg: str) -> None:
     console.print(f"[yellow]warning:[/] {escape(msg)}")
+
+
+class CliGroup(TyperGroup):
+    """The `iv` app's root group: a ManifestError raised by any command under it (a missing subset, a manifest
+    another process is writing, ...) says what is wrong in one line and exits with code 2, without a traceback.
+    ManifestError is the data engine's error for what the user can fix; anything else is a bug and shows one."""
+
+    def invoke(self, ctx):
+        from ivdata.manifest import ManifestError
+        try:
+            return super().invoke(ctx)
+        except ManifestError as e:
+            fail(str(e))
 
 
 def open_corpus(name: str):

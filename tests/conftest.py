@@ -35,3 +35,20 @@ def built_corpus(tmp_path_factory, real_videos):
     home = tmp_path_factory.mktemp("home")
     return build_corpus("real", [real_videos], home=home, split="shots", cut="reencode", short_side=160,
                         shard_maxcount=3, workers=2)
+
+
+@pytest.fixture(scope="session")
+def windowed_video(tmp_path_factory) -> Path:
+    """A generated 16 s H.264 video with a tone track and a keyframe every second: 2 s windows cut by stream
+    copy give 8 clips."""
+    from ivdata.media.synth import make_video
+    d = tmp_path_factory.mktemp("windowed")
+    return make_video(d / "windowed.mp4", seconds=16, fps=25, size=(192, 144), audio="tone", seed=11, gop=25)
+
+
+@pytest.fixture
+def small_corpus(tmp_path, windowed_video):
+    """A fresh corpus per test (free to damage): 8 clips of 2 s, sharded 4 a shard into the shard set 'all'."""
+    from ivdata.pipeline import build_corpus
+    return build_corpus("small", [windowed_video], home=tmp_path, split="fixed", window_s=2.0, cut="copy",
+                        shard_maxcount=4)

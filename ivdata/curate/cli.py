@@ -76,8 +76,12 @@ def dedupe(corpus: str = CorpusOpt,
                            source_order=[s for s in source_order.split(",") if s])
     except ValueError as e:
         fail(str(e))
+    from ivdata.curate.sources import SourceFormatError
     c = open_corpus(corpus)
-    report_stats("dedupe", run_stage(DedupeStage(c, cfg), workers))
+    try:
+        report_stats("dedupe", run_stage(DedupeStage(c, cfg), workers))
+    except SourceFormatError as e:        # a malformed --eval annotation file, found when it is read
+        fail(str(e))
     with c.manifest(read_only=True) as m:
         console.print(json.dumps(dedupe_report(m), indent=1))
 

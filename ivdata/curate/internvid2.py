@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ivdata.curate.filters import FilterRules
-from ivdata.manifest import Manifest
+from ivdata.manifest import Manifest, ManifestError
 from ivkit.typed_yaml import ConfigError, build, read_mapping
 
 
@@ -53,7 +53,7 @@ def _pool_sql(rules: FilterRules, within: str | None, metric: str) -> str:
     """Clips passing the rules (within a subset if given), with video id and the ranking metric."""
     q = (f"SELECT clip_id, video_id, (SELECT max(value) FROM scores s WHERE s.clip_id = clip_info.clip_id "
          f"AND s.metric = '{metric}') AS score FROM clip_info WHERE {rules.where()}")
-    if within:
+    if within and within != "all":
         q += " AND clip_id IN (SELECT clip_id FROM subsets WHERE name = '" + within.replace("'", "''") + "')"
     return q
 
@@ -75,7 +75,16 @@ def div_sql(pool_sql: str, n: int, seed: int) -> str:
 
 
 def select(m: Manifest, recipe: InternVid2Recipe) -> dict[str, int]:
-    """Write every subset of the recipe (each recorded with the query that makes it); name -> clips."""
+    """Write every subset of the recipe (each recorded with the query that makes it); name -> clips.
+    A subset drawn `within` one that does not exist yet (`deduped` before `iv data dedupe`) is refused, with
+    nothing written: drawn from nothing, it would be empty without a word."""
+    made = {spec.name for spec in recipe.subsets}
+    for spec in recipe.subsets:
+        if spec.within and spec.within not in made and spec.within != "all" and not m.scalar(
+                "SELECT count(*) FROM subset_defs WHERE name = ?", [spec.within]):
+            hint = " (run `iv data dedupe` first)" if spec.within == "deduped" else ""
+            raise ManifestError(f"subset {spec.name} is drawn within subset {spec.within!r}, which does not "
+                                f"exist{hint}")
     out = {}
     for spec in recipe.subsets:
         pool = _pool_sql(recipe.rules, spec.within, spec.metric)

@@ -1,12 +1,15 @@
 """The DuckDB manifest: open (read-write or read-only), migrate, query, subsets, export.
 
 Only one process writes a manifest (DuckDB enforces it with a file lock); stages run their
-parallel work in workers and hand results back to the single writer. Queries from users open
-it read-only so a query can never change a corpus.
+parallel work in workers and hand results back to the single writer. SQL from users runs on a
+connection opened by `Manifest.for_queries`: read-only, one SELECT at a time, with file access and
+extensions switched off and the configuration locked, so a query reads this manifest and nothing else
+and writes nothing (not the manifest, not a shard, not another corpus).
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 from datetime import datetime, timezone
 from importlib import resources
@@ -18,6 +21,14 @@ import duckdb
 # Files written by this version stay readable by DuckDB >= 1.2 (e.g. the pip duckdb-cli).
 STORAGE_COMPATIBILITY = "v1.2.0"
 SUBSET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+# What a user's query may do: read. EXPLAIN plans (or, with ANALYZE, runs) a SELECT; DESCRIBE, SHOW and
+# SUMMARIZE parse as SELECT. COPY, ATTACH, SET, LOAD, INSTALL, PRAGMA, CALL, EXPORT and writes are refused.
+QUERY_STATEMENTS = (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN)
+# The connection a user's query runs on: no file, URL or database but the manifest it opened, no extension
+# loaded or installed, and none of this can be set back (lock_configuration).
+LOCKED_CONFIG = {"enable_external_access": False, "autoload_known_extensions": False,
+                 "autoinstall_known_extensions": False, "allow_community_extensions": False,
+                 "lock_configuration": True}
 
 
 class ManifestError(RuntimeError):
@@ -45,9 +56,12 @@ def utcnow() -> datetime:
 
 
 class Manifest:
-    """A corpus manifest. Use as a context manager; `read_only=True` for queries."""
+    """A corpus manifest. Use as a context manager: `read_only=True` for ivkit's own reading, `for_queries`
+    for SQL a user wrote."""
 
-    def __init__(self, path: str | Path, read_only: bool = False, create: bool = False, check_version: bool = True):
+    def __init__(self, path: str | Path, read_only: bool = False, create: bool = False, check_version: bool = True,
+                 locked: bool = False):
+        """locked: read-only, with LOCKED_CONFIG (see `for_queries`)."""
         self.path = Path(path)
         self.read_only = read_only
         if not self.path.exists() and not create:
@@ -55,10 +69,20 @@ class Manifest:
         if create and read_only:
             raise ManifestError("cannot create a manifest read-only")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if locked and not read_only:
+            raise ManifestError("a locked manifest is read-only")
         config = {} if (read_only or self.path.exists()) else {"storage_compatibility_version": STORAGE_COMPATIBILITY}
+        if locked:
+            config = dict(LOCKED_CONFIG)
         try:
             self.con = duckdb.connect(str(self.path), read_only=read_only, config=config)
-        except duckdb.IOException as e:
+        except duckdb.Error as e:       # IOException: lock held; ConnectionException: open with other settings
+            if "Could not set lock" in str(e):
+                holder = re.search(r"PID \d+", str(e))
+                raise ManifestError(
+                    f"{self.path} is in use by another process{f' ({holder.group(0)})' if holder else ''}: one "
+                    "process writes a manifest at a time, and readers wait for the writer; retry when it "
+                    "has finished") from None
             raise ManifestError(f"cannot open {self.path}: {e}") from e
         if not read_only:
             self.migrate()
@@ -66,6 +90,14 @@ class Manifest:
             raise ManifestError(
                 f"{self.path} has schema version {self.schema_version()}, this ivkit expects {SCHEMA_VERSION}: "
                 "run `iv manifest migrate`")
+
+    @classmethod
+    def for_queries(cls, path: str | Path) -> "Manifest":
+        """A read-only manifest for SQL a user wrote (run it with `query`): the connection can read this
+        manifest's tables and nothing else, and cannot switch that off again (LOCKED_CONFIG). DuckDB gives it a
+        database instance of its own: it refuses to share one between connections of different settings, so
+        the lock never reaches, nor is undone by, another connection of this process."""
+        return cls(path, read_only=True, locked=True)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def close(self) -> None:
@@ -119,6 +151,16 @@ class Manifest:
     # -- queries ---------------------------------------------------------------------------------
     def execute(self, sql: str, params: Sequence[Any] | None = None):
         return self.con.execute(sql, params or [])
+
+    def relation(self, sql: str) -> duckdb.DuckDBPyRelation:
+        """A query as a relation that streams its rows (`to_arrow_reader`), on a cursor of its own: DuckDB refuses
+        to stream on a connection whose last execute() result was not read to the end (a fetchone)."""
+        return self.con.cursor().sql(sql)
+
+    def query(self, sql: str) -> duckdb.DuckDBPyRelation:
+        """One user-written read-only statement (see QUERY_STATEMENTS), as a streaming relation."""
+        check_query(sql)
+        return self.relation(sql)
 
     def rows(self, sql: str, params: Sequence[Any] | None = None) -> list[dict]:
         cur = self.con.execute(sql, params or [])
@@ -176,6 +218,7 @@ class Manifest:
         if (where is None) == (sql is None):
             raise ManifestError("give exactly one of --where or --sql")
         query = sql if sql is not None else f"SELECT clip_id FROM clip_info WHERE status = 'ok' AND ({where})"
+        check_query(query, (duckdb.StatementType.SELECT,), what="subset query")
         self.con.execute("BEGIN TRANSACTION")
         try:
             self.con.execute("DELETE FROM subsets WHERE name = ?", [name])
@@ -232,14 +275,43 @@ class Manifest:
         return written
 
 
+def check_query(sql: str, allowed=QUERY_STATEMENTS, what: str = "query") -> None:
+    """One statement of an allowed kind, or a ManifestError that says what was found."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as e:
+        raise ManifestError(f"{what} failed: {e}") from None
+    if len(statements) != 1:
+        raise ManifestError(f"a {what} is one statement; found {len(statements)}")
+    kind = statements[0].type
+    if kind not in allowed:
+        raise ManifestError(f"a {what} is read-only ({' or '.join(k.name for k in allowed)}), not {kind.name}")
+
+
 def _sql_str(p: Path | str) -> str:
     return str(p).replace("'", "''")
 
 
-def write_query_result(con: duckdb.DuckDBPyConnection, sql: str, out: Path) -> None:
-    """Write a query result to .parquet / .csv / .json (by suffix) with DuckDB's own writers."""
-    fmt = {".parquet": "parquet", ".csv": "csv", ".json": "json"}.get(out.suffix.lower())
-    if fmt is None:
+OUT_FORMATS = {".parquet": "FORMAT parquet", ".csv": "FORMAT csv", ".json": "FORMAT json, ARRAY true"}
+
+
+def write_query_result(result: duckdb.DuckDBPyRelation, out: Path, batch_rows: int = 65536) -> None:
+    """Write a query's result (from `Manifest.query`) to .parquet / .csv / .json, by suffix.
+
+    The result streams out of the locked-down query connection as Arrow batches; ivkit's own in-memory
+    DuckDB writes them (the user's SQL never runs there), to a temporary name renamed when whole.
+    """
+    opts = OUT_FORMATS.get(out.suffix.lower())
+    if opts is None:
         raise ManifestError(f"--out must end in .parquet, .csv or .json, not {out.suffix!r}")
-    opts = "FORMAT json, ARRAY true" if fmt == "json" else f"FORMAT {fmt}"
-    con.execute(f"COPY ({sql}) TO '{_sql_str(out)}' ({opts})")
+    from ivdata.fsutil import temp_name
+    reader = result.to_arrow_reader(batch_rows)
+    tmp = temp_name(out)
+    writer = duckdb.connect()
+    try:
+        writer.register("result", reader)
+        writer.execute(f"COPY (SELECT * FROM result) TO '{_sql_str(tmp)}' ({opts})")
+        os.replace(tmp, out)
+    finally:
+        writer.close()
+        tmp.unlink(missing_ok=True)

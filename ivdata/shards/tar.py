@@ -89,29 +89,47 @@ def file_digests(path: Path) -> tuple[str, str, int]:
 
 
 def read_tar_samples(path: Path) -> list[tuple[str, list[str], str]]:
-    """[(key, member names, sha256 over member bytes)] in tar order; raises ShardError on a bad layout."""
-    out: list[tuple[str, list[str], str]] = []
+    """[(key, member names, sha256 over member bytes)] in tar order; raises ShardError on a bad layout or a cut."""
+    return list(iter_tar_samples(path))
+
+
+def iter_tar_samples(path: Path):
+    """Yield (key, member names, sha256 over member bytes) per sample in tar order, then raise ShardError if the
+    tar is damaged: a bad layout, a member cut off, or an end cut at a member boundary. tarfile reads a tar that
+    stops between members as a shorter whole one; only the missing end-of-archive blocks (two zero blocks after
+    the last member) tell it was cut. The samples before the damage are yielded first, so a caller can check them."""
     seen: set[str] = set()
     cur_key, names, h = None, [], None
-    with tarfile.open(path, mode="r:") as tar:
-        for info in tar:
-            if not info.isfile():
-                raise ShardError(f"{path.name}: member {info.name!r} is not a regular file")
-            name = info.name
-            if "/" in name or name.startswith("."):
-                raise ShardError(f"{path.name}: unsafe member name {name!r}")
-            key, _, ext = name.partition(".")
-            if not KEY.match(key) or not ext:
-                raise ShardError(f"{path.name}: member {name!r} is not <key>.<ext>")
-            if key != cur_key:
-                if cur_key is not None:
-                    out.append((cur_key, names, h.hexdigest()))
-                if key in seen:
-                    raise ShardError(f"{path.name}: members of sample {key!r} are not contiguous")
-                seen.add(key)
-                cur_key, names, h = key, [], hashlib.sha256()
-            h.update(tar.extractfile(info).read())
-            names.append(name)
+    try:
+        with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
+            for info in tar:
+                if not info.isfile():
+                    raise ShardError(f"{path.name}: member {info.name!r} is not a regular file")
+                name = info.name
+                if "/" in name or name.startswith("."):
+                    raise ShardError(f"{path.name}: unsafe member name {name!r}")
+                key, _, ext = name.partition(".")
+                if not KEY.match(key) or not ext:
+                    raise ShardError(f"{path.name}: member {name!r} is not <key>.<ext>")
+                if key != cur_key:
+                    if cur_key is not None:
+                        yield cur_key, names, h.hexdigest()
+                    if key in seen:
+                        raise ShardError(f"{path.name}: members of sample {key!r} are not contiguous")
+                    seen.add(key)
+                    cur_key, names, h = key, [], hashlib.sha256()
+                data = tar.extractfile(info).read()
+                if len(data) != info.size:
+                    raise ShardError(f"{path.name}: member {name} is cut off ({len(data)} of {info.size} bytes)")
+                h.update(data)
+                names.append(name)
+            raw.seek(tar.offset)
+            whole = raw.read(2 * tarfile.BLOCKSIZE) == bytes(2 * tarfile.BLOCKSIZE)
+    except (tarfile.TarError, EOFError, OSError) as e:
+        where = f" after member {names[-1]}" if names else ""
+        raise ShardError(f"{path.name}: unreadable or cut short{where}: {e}") from None
     if cur_key is not None:
-        out.append((cur_key, names, h.hexdigest()))
-    return out
+        yield cur_key, names, h.hexdigest()
+    if not whole:
+        where = f"after member {names[-1]}" if names else "before its first member"
+        raise ShardError(f"{path.name}: cut short {where} (the end-of-archive blocks are missing)")

@@ -13,6 +13,7 @@ Eval clips (videos with split val/test) are never removed; they are what trainin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from ivdata.curate.dedup import (ClipFacts, DedupDecision, default_priority, nea
 from ivdata.curate.embed import cached_embedder, clip_embedding, embedder_name
 from ivdata.curate.leakage import (EvalVideo, LeakMatch, eval_ids_from_annotations, match_embeddings,
                                    match_source_ids, parse_eval_spec)
+from ivdata.curate.sources import READERS
 from ivdata.curate.store import load_embeddings, write_part
 from ivdata.manifest import Manifest
 from ivdata.splits import canonical_split, eval_split_sql, is_eval_split
@@ -51,6 +53,12 @@ class DedupeConfig:
             raise ValueError(f"unknown dedup methods {sorted(bad)}; known: {METHODS}")
         if not 0 < self.near_dup_threshold <= 1:
             raise ValueError("near_dup_threshold is a cosine similarity in (0, 1]")
+        for spec in self.eval_annotations:      # checked now, not after the embeddings are computed
+            fmt, path, _ = parse_eval_spec(spec)
+            if fmt not in READERS or not path:
+                raise ValueError(f"--eval {spec!r}: give FORMAT[:SOURCE]:PATH with FORMAT one of {sorted(READERS)}")
+            if not Path(path).is_file():
+                raise ValueError(f"--eval {spec!r}: annotation file {path} does not exist")
 
 
 CLIP_FACTS_SQL = """

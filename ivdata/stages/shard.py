@@ -3,10 +3,17 @@
 needs: clips with status 'ok', captions, scores, subsets. produces: shards, samples, the tar files,
 <shardset>.wids.json and <shardset>.txt.
 
-Resume: samples already recorded for the shard set are never written again. At start, shard files of the
-set that the manifest does not record (left by a killed run) are deleted; the remaining clips are grouped
-into new shards numbered after the last recorded one. Each shard is written under a temporary name,
-renamed when whole, and recorded with its samples in one transaction.
+A shard set holds exactly its subset (the `shard_sets` table says which). Clips the subset gained go into
+new shards numbered after the last recorded one; recorded shards are never written again. A recorded shard
+that holds a clip the subset has lost (a narrowed selection, a dedupe or leakage run that dropped it) is
+stale: its clips that are still wanted are written again into new shards, then the wids index is rewritten
+without the stale shards (readers switch in one rename), their rows are dropped, and last their files.
+
+Resume: at start, shard files of the set that the manifest does not record (left by a killed run) are
+deleted. A recorded sample is not written again unless its shard is stale; a stale shard stays stale until
+it is dropped (a sample moved out of it leaves it with fewer sample rows than it holds), so a run killed at
+any point is finished by the next. Each shard is written under a temporary name, renamed when whole, and
+recorded with its samples in one transaction.
 """
 from __future__ import annotations
 
@@ -36,6 +43,12 @@ class ShardConfig:
     include_labels: bool = False       # labels are metadata; training shards omit them by default
     txt_kinds: tuple[str, ...] = ()    # e.g. ("AVS", "V") -> K.avs.txt, K.v.txt
 
+    def __post_init__(self):
+        if not KEY.match(self.name):
+            raise ValueError(f"shard set name {self.name!r}: use letters, digits, '_' and '-'")
+        if self.maxcount < 1 or self.maxsize < 1:
+            raise ValueError("--maxcount and --maxsize must be at least 1")
+
     @property
     def name(self) -> str:
         return self.shardset or self.subset
@@ -57,8 +70,7 @@ class ShardStage(Stage):
     def __init__(self, corpus: Corpus, cfg: ShardConfig | None = None):
         super().__init__(corpus)
         self.cfg = cfg or ShardConfig()
-        if not KEY.match(self.cfg.name):
-            raise ValueError(f"shard set name {self.cfg.name!r}: use letters, digits, '_' and '-'")
+        self._stale: list[int] = []        # shard indexes of this set that finish() drops
 
     @property
     def dir(self) -> Path:
@@ -69,15 +81,18 @@ class ShardStage(Stage):
 
     def pending(self, m: Manifest, retry_failed: bool) -> list[dict]:
         cfg = self.cfg
+        wanted = m.subset_clip_ids(cfg.subset)         # an unknown subset fails here, before any file is touched
+        m.execute("INSERT OR REPLACE INTO shard_sets VALUES (?, ?, ?)", [cfg.name, cfg.subset, utcnow()])
         recorded = {r[0] for r in m.execute("SELECT path FROM shards WHERE shardset = ?", [cfg.name]).fetchall()}
         self.dir.mkdir(parents=True, exist_ok=True)
-        pattern = re.compile(rf"^{re.escape(cfg.name)}-\d{{6}}\.tar$")
+        pattern = re.compile(rf"^{re.escape(cfg.name)}-\d{{6,}}\.tar$")
         for f in self.dir.iterdir():   # orphans of a killed run: unrecorded shards and temp files
             if (pattern.match(f.name) and f"{cfg.name}/{f.name}" not in recorded) or (f.name.startswith(".") and ".tmp" in f.name):
                 f.unlink()
-        wanted = m.subset_clip_ids(cfg.subset)
-        done = {r[0] for r in m.execute("SELECT key FROM samples WHERE shardset = ?", [cfg.name]).fetchall()}
-        todo = [c for c in wanted if c not in done]
+        placed = dict(m.execute("SELECT key, shard_index FROM samples WHERE shardset = ?", [cfg.name]).fetchall())
+        self._stale = stale_shards(m, cfg.name, set(wanted), placed)
+        stale = set(self._stale)
+        todo = [c for c in wanted if c not in placed or placed[c] in stale]
         if not todo:
             return []
         rows = {r["clip_id"]: r for r in m.rows(
@@ -132,18 +147,52 @@ class ShardStage(Stage):
                 "shardset": self.cfg.name, "shard_index": plan["index"], "path": self.shard_file(plan["index"]),
                 "sha256": res.sha256, "md5": res.md5, "nsamples": len(res.samples), "bytes": res.bytes,
                 "created_at": utcnow()}], mode="INSERT")
+            # OR REPLACE: a sample moved out of a stale shard now points at its new one
             m.insert_rows("samples", [{"shardset": self.cfg.name, "key": s.key, "shard_index": plan["index"],
-                                       "members": s.members, "sha256": s.sha256} for s in res.samples], mode="INSERT")
+                                       "members": s.members, "sha256": s.sha256} for s in res.samples],
+                          mode="INSERT OR REPLACE")
             stats.ok += 1
             stats.extra["samples"] = stats.extra.get("samples", 0) + len(res.samples)
 
     def finish(self, m: Manifest, stats: StageStats) -> None:
-        write_indexes(m, self.corpus, self.cfg.name)
+        name, stale = self.cfg.name, self._stale
+        write_indexes(m, self.corpus, name, leave_out=stale)      # readers move to the new shards here
+        if not stale:
+            return
+        paths = [r[0] for r in m.execute("SELECT path FROM shards WHERE shardset = ? AND shard_index IN "
+                                         "(SELECT unnest(?::INTEGER[]))", [name, stale]).fetchall()]
+        m.execute("BEGIN TRANSACTION")
+        try:
+            for table in ("samples", "shards"):
+                m.execute(f"DELETE FROM {table} WHERE shardset = ? AND shard_index IN (SELECT unnest(?::INTEGER[]))",
+                          [name, stale])
+            m.execute("COMMIT")
+        except Exception:
+            m.execute("ROLLBACK")
+            raise
+        for p in paths:         # a kill before this leaves unrecorded files, which the next run deletes
+            (self.corpus.shards_dir / p).unlink(missing_ok=True)
+        stats.extra["dropped_shards"] = len(stale)
 
 
-def write_indexes(m: Manifest, corpus: Corpus, shardset: str) -> Path:
-    """<shardset>.wids.json (urls relative to the index) and <shardset>.txt (absolute paths)."""
-    rows = m.rows("SELECT path, nsamples, bytes, md5 FROM shards WHERE shardset = ? ORDER BY shard_index", [shardset])
+def stale_shards(m: Manifest, shardset: str, wanted: set[str], placed: dict[str, int]) -> list[int]:
+    """Recorded shards of the set that must go: one holding a sample the subset no longer has, or one with fewer
+    sample rows than samples (some moved to newer shards by a rewrite that was killed before it dropped it)."""
+    rows_per_shard: dict[int, int] = {}
+    for index in placed.values():
+        rows_per_shard[index] = rows_per_shard.get(index, 0) + 1
+    lost = {index for key, index in placed.items() if key not in wanted}
+    return sorted(lost | {index for index, n in m.execute(
+        "SELECT shard_index, nsamples FROM shards WHERE shardset = ?", [shardset]).fetchall()
+        if rows_per_shard.get(index, 0) < n})
+
+
+def write_indexes(m: Manifest, corpus: Corpus, shardset: str, leave_out: list[int] = ()) -> Path:
+    """<shardset>.wids.json (urls relative to the index) and <shardset>.txt (absolute paths) of the recorded
+    shards, less `leave_out` (shard indexes about to be dropped)."""
+    dropped = set(leave_out)
+    rows = [r for r in m.rows("SELECT shard_index, path, nsamples, bytes, md5 FROM shards WHERE shardset = ? "
+                              "ORDER BY shard_index", [shardset]) if r["shard_index"] not in dropped]
     d = corpus.shard_dir(shardset)
     d.mkdir(parents=True, exist_ok=True)
     index = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": shardset,

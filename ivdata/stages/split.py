@@ -40,6 +40,8 @@ class SplitConfig:
             raise ValueError(f"split method {self.method!r}: one of {', '.join(METHODS)}")
         if not 0 < self.min_s <= self.max_s:
             raise ValueError("need 0 < min_s <= max_s")
+        if not self.window_s > 0:       # a window of 0 s never moves past the start of the video
+            raise ValueError(f"--window-s must be greater than 0, not {self.window_s:g}")
 
 
 def clip_id_for(video_id: str, start: float, end: float) -> str:

@@ -55,7 +55,38 @@ def resolve_shards(spec: str | Path | list) -> list[Path]:
     missing = [s for s in shards if not s.exists()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} listed shard(s) missing, e.g. {missing[0]}")
+    if path.name.endswith(".json"):
+        check_against_wids(path)
     return shards
+
+
+def check_against_wids(spec: str | Path | list, index: "ShardIndex | None" = None) -> None:
+    """Refuse a shard that is not what the .wids.json index listing it says: a copy cut short keeps a readable
+    tar (cut at a member boundary, tar readers stop there without a word) and the run would train on fewer
+    samples than the index promises. File sizes are checked with a stat (resolve_shards); sample counts against
+    an index's per-shard scan (ShardIndex.open, and the trainer), which counts samples with a media member, as
+    the loader does. Shards given by a .txt list, a directory or a .tar have no index to be checked against."""
+    if isinstance(spec, (list, tuple)) or "," in str(spec):
+        for part in (spec if isinstance(spec, (list, tuple)) else str(spec).split(",")):
+            check_against_wids(part, index)
+        return
+    path = Path(spec)
+    if not path.name.endswith(".json"):
+        return
+    samples = {}
+    if index is not None:
+        for i, n in enumerate(np.bincount(index.shard_of, minlength=len(index.shards))):
+            samples[index.shards[i]] = int(n)
+    for e in json.loads(path.read_text())["shardlist"]:
+        shard = Path(e["url"]) if Path(e["url"]).is_absolute() else path.parent / e["url"]
+        size = shard.stat().st_size
+        if "filesize" in e and size != e["filesize"]:
+            raise ValueError(f"shard {shard} has {size} bytes, its index {path} says {e['filesize']}: the file is "
+                             "cut short or replaced; copy it again (or rebuild the index)")
+        if shard in samples and "nsamples" in e and samples[shard] != e["nsamples"]:
+            raise ValueError(f"shard {shard} holds {samples[shard]} samples (with a video or image member), its "
+                             f"index {path} says {e['nsamples']}: the file is cut short or replaced; copy it again "
+                             "(or rebuild the index)")
 
 
 def index_cache_dir(setting: str) -> Path | None:
@@ -157,8 +188,11 @@ class ShardIndex:
 
     @classmethod
     def open(cls, spec: str | Path | list, cache_setting: str = "") -> "ShardIndex":
-        """The index of a shard source (resolve_shards), cached as `data.index_cache` says."""
-        return cls(resolve_shards(spec), index_cache_dir(cache_setting))
+        """The index of a shard source (resolve_shards), cached as `data.index_cache` says; refused if a shard
+        holds another number of samples than the wids index listing it says (check_against_wids)."""
+        index = cls(resolve_shards(spec), index_cache_dir(cache_setting))
+        check_against_wids(spec, index)
+        return index
 
     def __len__(self) -> int:
         return len(self.keys)

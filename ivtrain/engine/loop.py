@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ivtrain.config import Recipe, to_dict
-from ivtrain.data.index import ShardIndex, index_cache_dir, resolve_shards
+from ivtrain.data.index import ShardIndex, check_against_wids, index_cache_dir, resolve_shards
 from ivtrain.data.loader import MixtureStream, Source, close_loader, fresh_position, make_loader
 from ivtrain.data.samples import SKIP_REASONS
 from ivtrain.data.spec import check_source
@@ -105,6 +105,7 @@ class Trainer:
                 ShardIndex.warm(shards[self.dist.rank::self.dist.world], cache)
                 self.dist.barrier()
             index = ShardIndex(shards, cache)
+            check_against_wids(s.shards, index)
             check_source(s.name, s.shards, index, self.spec)
             sources.append(Source(s.name, index, s.weight))
         return sources
