@@ -61,7 +61,7 @@ class ViTConfig:
 @dataclass
 class TeacherConfig:
     path: str = ""                   # local directory holding the model (config + weights)
-    backend: Literal["transformers", "open_clip"] = "transformers"
+    backend: Literal["transformers", "open_clip", "internvit"] = "transformers"
     layers: int = 0                  # how many last layers to tap; 0 -> loss.align_layers
 
 
