@@ -326,6 +326,7 @@ _mount_curation(data_app, corpus_app)
 data_app.command("annotate")(_annotate)
 app.command("train")(_train_cli.train)
 app.command("convert")(_train_cli.convert)
+app.command("convert-teacher")(_train_cli.convert_teacher)
 eval_app.command("probe")(_train_cli.probe)
 
 

@@ -110,3 +110,27 @@ def convert(source: Path = typer.Argument(..., help="a finished run dir, or a ch
         torch.save({"model": target}, out)
     typer.echo(f"{source} ({layout}, {len(sd)} tensors) -> {out} ({to}, {len(target)} tensors); "
                f"{len(unused)} keys outside the video encoder dropped")
+
+
+def convert_teacher(source: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                                  help="released checkpoint: InternVL-C (internvl_c_13b_224px.pth) "
+                                                       "or VideoMAE V2 (pretraining `encoder.*` layout, or plain)"),
+                    out: Path = typer.Argument(..., help="teacher directory to create"),
+                    kind: str = typer.Option(..., "--kind", help="internvl-c | videomae-v2"),
+                    set: list[str] = typer.Option([], "--set", help="architecture field key=value for another size "
+                                                                   "than the released one (dim=64), repeatable"),
+                    ) -> None:
+    """Turn a released stage-1 teacher checkpoint into a teacher directory and print the key/shape report.
+
+    internvl-c -> a semantic teacher dir (recipe: backend internvit); videomae-v2 -> a transformers VideoMAE dir
+    (the motion teacher)."""
+    from ivtrain.convert import ConversionError
+    from ivtrain.models.released_teachers import convert_teacher as run
+
+    try:
+        converted = run(source, out, kind, set)
+    except ConversionError as e:
+        typer.echo(f"convert-teacher: {e}", err=True)
+        raise typer.Exit(2)
+    typer.echo(str(converted.report))
+    typer.echo(f"{source} ({kind}) -> {out}")

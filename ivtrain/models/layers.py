@@ -108,14 +108,21 @@ class CrossAttention(nn.Module):
         self.v_bias = nn.Parameter(torch.zeros(dim))
         self.proj = nn.Linear(dim, out_dim)
 
-    def forward(self, xq: torch.Tensor, xk: torch.Tensor, xv: torch.Tensor) -> torch.Tensor:
+    def forward(self, xq: torch.Tensor, xk: torch.Tensor, xv: torch.Tensor, return_attention: bool = False):
+        """-> (B, Nq, out_dim); with return_attention also the attention weights averaged over heads
+        (B, Nq, Nk), which a teacher's pooling head hands out to guide masking."""
         b, nq, c = xq.shape
         h = self.num_heads
         q = nn.functional.linear(xq, self.q.weight, self.q_bias).reshape(b, nq, h, c // h)
         k = nn.functional.linear(xk, self.k.weight, self.k_bias).reshape(b, xk.shape[1], h, c // h)
         v = nn.functional.linear(xv, self.v.weight, self.v_bias).reshape(b, xv.shape[1], h, c // h)
-        out = attention(q, k, v, "sdpa")  # one query token: the kernel choice does not matter
-        return self.proj(out.reshape(b, nq, c))
+        if not return_attention:
+            out = attention(q, k, v, "sdpa")  # one query token: the kernel choice does not matter
+            return self.proj(out.reshape(b, nq, c))
+        # fused kernels return no weights: spell the softmax out (in fp32, so bf16 teachers give exact weights)
+        weights = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()).mul((c // h) ** -0.5).softmax(-1)
+        out = torch.einsum("bhqk,bkhd->bqhd", weights.to(v.dtype), v)
+        return self.proj(out.reshape(b, nq, c)), weights.mean(1)
 
 
 class AttentionPooling(nn.Module):
@@ -128,9 +135,15 @@ class AttentionPooling(nn.Module):
         self.norm1_v = nn.LayerNorm(dim, eps=1e-5)
         self.cross_attn = CrossAttention(dim, num_heads, out_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        """(B, N, dim) -> (B, out_dim); with return_attention also the query's attention to each token,
+        averaged over heads (B, N)."""
         query = x.mean(1, keepdim=True)
-        return self.cross_attn(self.norm1_q(query), self.norm1_k(x), self.norm1_v(x)).squeeze(1)
+        out = self.cross_attn(self.norm1_q(query), self.norm1_k(x), self.norm1_v(x), return_attention)
+        if not return_attention:
+            return out.squeeze(1)
+        pooled, weights = out
+        return pooled.squeeze(1), weights.squeeze(1)
 
 
 class PatchEmbed(nn.Module):

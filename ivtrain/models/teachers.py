@@ -225,7 +225,11 @@ def load_semantic_teacher(path: str | Path, num_layers: int, backend: str = "tra
         return HFSemanticTeacher(path, num_layers, data_norm)
     if backend == "open_clip":
         return OpenClipSemanticTeacher(path, num_layers, data_norm)
-    raise ValueError(f"unknown semantic teacher backend {backend!r} (transformers | open_clip)")
+    if backend == "internvit":  # a released InternVL-C vision tower converted by `iv convert-teacher`
+        from ivtrain.models.internvit import InternViTSemanticTeacher
+
+        return InternViTSemanticTeacher(path, num_layers, data_norm)
+    raise ValueError(f"unknown semantic teacher backend {backend!r} (transformers | open_clip | internvit)")
 
 
 class MotionTeacher(nn.Module):

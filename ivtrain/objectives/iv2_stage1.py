@@ -42,7 +42,7 @@ from ivtrain.objectives.base import Objective
 @dataclass
 class TeacherConfig:
     path: str = ""                   # local directory holding the model (config + weights)
-    backend: Literal["transformers", "open_clip"] = "transformers"
+    backend: Literal["transformers", "open_clip", "internvit"] = "transformers"   # internvit: `iv convert-teacher`
     layers: int = 0                  # how many last layers to tap; 0 -> loss.align_layers
 
 
