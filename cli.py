@@ -146,9 +146,9 @@ def data_import_instructions(
     report_stats("import-instructions", stats)
     waiting = stats.extra.get("waiting_for_clips")
     if waiting:
-        warn(f"{waiting} conversation(s) name media with no clip yet: run `iv data images` (images) or probe, "
-             "split (--method whole, or spans for entries with start/end) and cut (videos); the shard stage "
-             "links them")
+        warn(f"{waiting} conversation(s) name media with no clip yet: run `iv data images` (images), or "
+             "`iv data probe`, `iv data split --method spans` and `iv data cut` (videos: the import recorded each "
+             "conversation's span); the shard stage links them")
 
 
 @data_app.command("split")

@@ -7,13 +7,16 @@ split / cut then make their clips), spans for entries about a span of a video, a
 conversation to its clip once that exists (ivdata/links.py).
 
 A media path is matched to what the manifest already holds first: a clip file of the clip store (the
-conversation is about that clip), or a registered video or image (by its path). Import runs in two resumable
+conversation is about that clip), or a registered video or image (by its path). For a video the import
+records the span the entry is about (the whole video: 0 to infinity) in `spans`, so `split --method spans`
+makes the clips every conversation needs. Import runs in two resumable
 stages, ingest for unknown media and then this one, each committing in batches: a killed import, run again,
 records what is missing and nothing twice (conversation ids are stable, ivdata/instructions.py).
 """
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -74,9 +77,11 @@ class InstructionStage(Stage):
                     error = f"media file {entry['media_path']} failed: {why}"
                 elif kind != entry["media"]:
                     error = f"names {entry['media']} {entry['media_path']}, which is a {kind} file"
-            if error is None and clip_id is None and entry["start_s"] is not None:
-                spans.append({"video_id": video_id, "start_s": entry["start_s"], "end_s": entry["end_s"],
-                              "label": None})
+            if error is None and clip_id is None and entry["media"] == "video":
+                # `split --method spans` makes the clip: of the span, or of the whole video (an end past the
+                # video's is cut at its duration)
+                spans.append({"video_id": video_id, "start_s": entry["start_s"] or 0.0,
+                              "end_s": entry["end_s"] if entry["start_s"] is not None else math.inf, "label": None})
             rows.append({"conversation_id": entry["conversation_id"], "dataset": self.dataset, "task": entry["task"],
                          "format": self.format, "source_file": self.source_file, "entry_index": entry["entry_index"],
                          "entry_id": entry["entry_id"], "media": entry["media"], "media_path": entry["media_path"],
