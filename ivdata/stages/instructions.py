@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
+import os
 from pathlib import Path
 
 from ivdata.corpus import Corpus
@@ -33,26 +33,26 @@ class InstructionStage(Stage):
     produces = ("conversations", "spans")
 
     def __init__(self, corpus: Corpus, entries: list[Entry], source_file: str, fmt: str, dataset: str,
-                 media_root: Path):
+                 media_root: Path, files: dict[str, str]):
+        """files: each media path the entries name -> the file it resolves to under media_root."""
         super().__init__(corpus)
         self.source_file, self.format, self.dataset, self.media_root = source_file, fmt, dataset, str(media_root)
-        self._entries = entries
+        self._entries, self._files = entries, files
         self.nentries = len(entries)
 
     def pending(self, m: Manifest, retry_failed: bool) -> list[dict]:
         done = {r[0]: r[1] for r in m.execute(
             "SELECT conversation_id, status FROM conversations WHERE dataset = ?", [self.dataset]).fetchall()}
-        return [asdict(e) for e in self._entries
+        return [{**vars(e), "file": self._files.get(e.media_path)} for e in self._entries
                 if e.conversation_id not in done or (retry_failed and done[e.conversation_id] == "failed")]
 
     def work(self, entry: dict) -> dict:
         """Where its media file is, or why the entry cannot be imported."""
         if entry["error"]:
             return {"error": entry["error"], "path": None}
-        path = media_file(Path(self.media_root), entry["media_path"])
-        if not path.is_file():
+        if not os.path.isfile(entry["file"]):
             return {"error": f"media file not found: {entry['media_path']} (under {self.media_root})", "path": None}
-        return {"error": None, "path": str(path)}
+        return {"error": None, "path": entry["file"]}
 
     def record(self, m: Manifest, done: list, stats: StageStats) -> None:
         paths = sorted({res["path"] for _, res in done if not failed(res) and res["path"]})
@@ -114,12 +114,13 @@ def import_instructions(corpus: Corpus, path: str | Path, fmt: str, media_root: 
     path, root = Path(path).resolve(), Path(media_root).resolve()
     dataset = dataset or path.stem
     entries = read_entries(path, fmt, dataset, task)
-    files = sorted({str(media_file(root, e.media_path)) for e in entries if e.error is None})
+    resolved = {rel: str(media_file(root, rel)) for rel in {e.media_path for e in entries if e.error is None}}
+    files = sorted(set(resolved.values()))
     with corpus.manifest(read_only=True) as m:
         known = {r[0] for r in m.execute(
             "SELECT path FROM clips WHERE path IN (SELECT unnest(?::VARCHAR[])) UNION "
             "SELECT path FROM videos WHERE path IN (SELECT unnest(?::VARCHAR[]))", [files, files]).fetchall()}
     new = [{"path": f, "source": source or dataset} for f in files if f not in known and Path(f).is_file()]
     ingested = run_stage(IngestStage(corpus, new), workers, retry_failed) if new else None
-    stage = InstructionStage(corpus, entries, str(path), fmt, dataset, root)
-    return ingested, run_stage(stage, workers, retry_failed, batch_size=256)
+    stage = InstructionStage(corpus, entries, str(path), fmt, dataset, root, resolved)
+    return ingested, run_stage(stage, workers, retry_failed, batch_size=2048)
