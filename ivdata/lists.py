@@ -5,7 +5,8 @@ Each list is read in one of these layouts, told apart by its columns:
   internvid  YoutubeID, Start_timestamp, End_timestamp, Caption, ...scores   (InternVid-10M jsonl)
   generic    path | url | uri, caption, start, end, source, source_id, label, split; img2dataset / LAION
              lists are this layout: url (or URL) and caption (or TEXT)
-A row becomes an ingest row: `path` or `url`, `source` (the layout's name unless the command names one),
+A row becomes an ingest row: `path` or `url`, `source` (the row's own, else the one the command names, else
+the layout's name: webvid, internvid, local),
 `source_id`, `start`/`end` (seconds), `caption` (None when the list has no caption column, '' when this row's
 is empty: recorded as a failed caption), and `list_file`/`list_line` (provenance). Its other fields are kept.
 
@@ -122,7 +123,7 @@ def read_list(path: Path, source: str | None = None, media_root: Path | None = N
         rec = {str(k).strip(): v for k, v in rec.items() if k is not None}
         layout = layout or layout_of(set(rec))
         row = _READERS[layout](rec, where, root, path.parent)
-        row["source"] = source or rec.get("source") or (layout if layout != "generic" else "local")
+        row["source"] = str(rec.get("source") or "") or source or (layout if layout != "generic" else "local")
         row.update(list_file=str(path), list_line=line)
         out.append(row)
     return out
