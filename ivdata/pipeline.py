@@ -43,7 +43,7 @@ def probe(corpus: Corpus, workers: int = 0, retry_failed: bool = False) -> Stage
 
 
 def images(corpus: Corpus, cfg: ImageConfig | None = None, workers: int = 0, retry_failed: bool = False) -> StageStats:
-    return run_stage(ImageStage(corpus, cfg), workers, retry_failed)
+    return run_stage(ImageStage(corpus, cfg), workers, retry_failed, batch_size=64)   # small items: fewer commits
 
 
 def split(corpus: Corpus, cfg: SplitConfig | None = None, workers: int = 0, retry_failed: bool = False) -> StageStats:
