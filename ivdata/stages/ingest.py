@@ -77,33 +77,33 @@ def expand_sources(sources: Iterable[str], source: str | None = None, media_root
         elif p.is_file() and p.suffix.lower() in LIST_EXTS:
             out.rows += read_list(p, source, Path(media_root) if media_root else None)
         elif p.is_file():
-            out.rows.append(_file_row(p, default))
+            out.rows.append(_file_row(p, default)[0])
         elif any(ch in s for ch in "*?["):
-            out.rows += [_file_row(Path(f), default) for f in sorted(glob.glob(s, recursive=True))
+            out.rows += [_file_row(Path(f), default)[0] for f in sorted(glob.glob(s, recursive=True))
                          if Path(f).is_file()]
         else:
             raise SourceError(f"source {s!r}: no such file, directory or URL")
     return out
 
 
-def _file_row(path: Path, source: str) -> dict:
-    """A media file with its sidecar caption (`<stem>.txt` / `<stem>.json`), if any."""
-    caption, meta, _ = sidecar_caption(path)
+def _file_row(path: Path, source: str) -> tuple[dict, list[Path]]:
+    """A media file's row with its sidecar caption (`<stem>.txt` / `<stem>.json`), if any, and the sidecars."""
+    caption, meta, used = sidecar_caption(path)
     row = {"path": str(path), "source": source, **meta}
     if caption is not None:
-        row.update(caption=caption, list_file=str(path.with_suffix(".txt" if path.with_suffix(".txt").is_file()
-                                                                   else ".json")))
-    return row
+        row.update(caption=caption, list_file=str(used[-1]))     # the sidecar the caption came from
+    return row, used
 
 
 def _expand_dir(root: Path, source: str, out: Sources) -> None:
     files = [f for f in sorted(root.rglob("*")) if f.is_file()]
-    media = [f for f in files if f.suffix.lower() in MEDIA_EXTS and not f.name.startswith(".")]
+    media = {f for f in files if f.suffix.lower() in MEDIA_EXTS and not f.name.startswith(".")}
     sidecars: set[Path] = set()
-    for f in media:
-        sidecars.update(sidecar_caption(f)[2])
-        out.rows.append(_file_row(f, source))
-    out.not_video += [str(f) for f in files if f not in set(media) and f not in sidecars]
+    for f in sorted(media):
+        row, used = _file_row(f, source)
+        out.rows.append(row)
+        sidecars.update(used)
+    out.not_video += [str(f) for f in files if f not in media and f not in sidecars]
 
 
 def _num(v: Any) -> float | None:
