@@ -74,7 +74,7 @@ def learning_check(work: Path, train_per_class: int = 64, eval_per_class: int = 
 
     from ivtrain.config import load_recipe
     from ivtrain.eval.probe import run_probe
-    from ivtrain.models.teachers import save_tiny_clip_teacher
+    from ivtrain.tiny_teachers import save_tiny_clip_teacher
     from ivtrain.tiny_teachers import train_tiny_videomae
 
     torch.set_num_threads(1)

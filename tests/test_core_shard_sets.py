@@ -159,11 +159,11 @@ def test_a_rewrite_killed_midway_is_finished_by_the_next_run(small_corpus, monke
 
 
 def test_shard_sets_made_before_the_shard_sets_table_learn_their_subset(small_corpus):
-    """A manifest of schema version 2 gets, on migration, the subset each shard set's last run named."""
+    """A manifest of schema version 3 gets, on migration, the subset each shard set's last run named."""
     c = small_corpus
     with c.manifest() as m:
         m.execute("DROP TABLE shard_sets")
-        m.execute("DELETE FROM schema_version WHERE version = 3")
+        m.execute("DELETE FROM schema_version WHERE version = 4")
     with Manifest(c.manifest_path) as m:
         assert m.rows("SELECT shardset, subset FROM shard_sets") == [{"shardset": "all", "subset": "all"}]
 
