@@ -1,4 +1,4 @@
-"""Learning check for IV2 stage 1 (must-show 5): does stage-1 training teach the encoder motion?
+"""Learning check for IV2 stage 1: does stage-1 training teach the encoder motion?
 
 Set-up (all on CPU, all real files):
 1. Synthetic labeled videos whose class needs motion (bench/train_synthetic.py: shapes moving
