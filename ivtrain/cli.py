@@ -14,24 +14,37 @@ def train(recipe: Path = typer.Argument(..., exists=True, dir_okay=False,
                                         help="recipe YAML, e.g. recipes/iv2_stage1_tiny.yaml"),
           set: list[str] = typer.Option([], "--set", help="dotted override key=value, repeatable (optim.lr=1e-3)"),
           nproc: int = typer.Option(1, "--nproc", min=1,
-                                    help="processes on this machine; > 1 starts them with torchrun (gloo on CPU, "
-                                         "nccl on CUDA)"),
+                                    help="processes on this machine (one per GPU); > 1 or --nnodes > 1 starts them "
+                                         "with torchrun (gloo on CPU, nccl on CUDA)"),
+          nnodes: int = typer.Option(1, "--nnodes", min=1, help="machines in the job; run the same command on each"),
+          node_rank: int = typer.Option(0, "--node-rank", min=0, help="this machine's number, 0 .. nnodes-1"),
+          master_addr: str = typer.Option("127.0.0.1", "--master-addr",
+                                          help="address of node 0, which every node can reach"),
+          master_port: int = typer.Option(29500, "--master-port", help="a free port on node 0"),
           ) -> None:
-    """Train (or resume) the recipe's objective; a rerun with the same train.out_dir resumes exactly.
+    """Train (or resume) the recipe's objective; a rerun with the same train.out_dir resumes exactly, also on
+    another number of processes or machines.
 
-    Several machines: run `torchrun --nnodes ... -m ivtrain.train RECIPE --set ...` (or the deepspeed
-    launcher) on each; `--nproc N` is the one-machine shortcut for the same thing.
+    Several machines: run the same command on each with --nnodes N --node-rank R --master-addr NODE0 (torchrun's
+    static rendezvous); train.out_dir must be a folder every node sees (a shared file system), where rank 0
+    writes the exports and every rank its checkpoint shard. The DeepSpeed launcher with a hostfile, or Slurm
+    starting `python -m ivtrain.train` under torchrun, works the same way.
     """
     try:
         r = load_recipe(recipe, set)
     except ConfigError as e:
         raise typer.BadParameter(str(e), param_hint="recipe/--set")
-    if nproc > 1:
+    if node_rank >= nnodes:
+        raise typer.BadParameter(f"--node-rank {node_rank} is not below --nnodes {nnodes}")
+    if nproc > 1 or nnodes > 1:
         import subprocess
         import sys
 
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-               "-m", "ivtrain.train", str(recipe)] + [a for s in set for a in ("--set", s)]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
+        cmd += (["--standalone"] if nnodes == 1 else
+                ["--nnodes", str(nnodes), "--node_rank", str(node_rank), "--master_addr", master_addr,
+                 "--master_port", str(master_port)])
+        cmd += ["-m", "ivtrain.train", str(recipe)] + [a for s in set for a in ("--set", s)]
         raise typer.Exit(subprocess.run(cmd).returncode)
     from ivtrain.train import run_recipe
 

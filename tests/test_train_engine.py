@@ -515,3 +515,31 @@ def test_bad_data_and_missing_models_stop_before_deepspeed_with_one_line(setup, 
         said = [ln for ln in proc.stderr.splitlines() if ln.startswith(("cannot start:", "recipe error:"))]
         assert len(said) == 1 and message in said[0] and "Traceback" not in proc.stderr, (override, proc.stderr)
         assert not (out / "metrics.jsonl").exists() and not list((out / "checkpoints").glob("step*"))
+
+
+@pytest.mark.slow
+def test_two_nodes_train_and_one_node_resumes_exactly(setup, tmp_path):
+    """`iv train --nnodes 2 --node-rank R --master-addr A` twice on this machine (two nodes of one process, through
+    torchrun's static rendezvous), killed after step 3, then resumed by one node of one process (its universal
+    checkpoint): the losses, lr and positions are those of one process that ran all six steps."""
+    reference = tmp_path / "reference"
+    run(BASE + overrides(setup, reference, "train.zero_stage=1", "data.batch_size=4"))
+    out = tmp_path / "nodes"
+    cli = [sys.executable, "-c", "from cli import app; app()", "train", RECIPE]
+    sets = overrides(setup, out, "train.zero_stage=1", "data.batch_size=2", "train.ckpt_every=2")
+    nodes = [subprocess.Popen(cli + sets + ["--set", "train.debug_kill_at_step=3", "--nnodes", "2", "--node-rank",
+                                            str(r), "--master-addr", "127.0.0.1", "--master-port", "29571"],
+                              cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r in (0, 1)]
+    for node in nodes:
+        node.communicate(timeout=600)
+        assert node.returncode != 0                  # each node's process killed itself after step 3
+    assert sorted(p.name for p in (out / "checkpoints").glob("step*")) == ["step00000002"]
+    assert len(list((out / "checkpoints" / "step00000002").glob("rank*_state.pt"))) == 2
+    proc = run(cli + overrides(setup, out, "train.zero_stage=1", "data.batch_size=4", "train.ckpt_every=2"))
+    assert "resumed on 1 process(es) what 2 wrote (via its universal checkpoint)" in proc.stdout
+    records = losses(out)
+    assert [m["step"] for m in records] == [1, 2, 3, 3, 4, 5, 6]
+    assert_same_losses(records, reference)
+    positions = {m["step"]: m["data/position"] for m in losses(reference)}
+    assert [m["data/position"] for m in records] == [positions[m["step"]] for m in records]
