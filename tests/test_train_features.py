@@ -117,7 +117,8 @@ def test_exported_layers_equal_the_encoders_forward_on_real_clips(run, shards, t
 @pytest.mark.parametrize("pool", ["mean", "frames", "attn"])
 def test_pooled_features_equal_the_pooled_forward(run, joined, tmp_path, pool):
     out = tmp_path / pool
-    r = cli(run, joined, "--out", out, "--pool", pool, "--window", 32, "--stride", 32, "--workers", 0, "--format", "npy")
+    r = cli(run, joined, "--out", out, "--pool", pool, "--window", 32, "--stride", 32, "--workers", 0,
+            "--format", "npy")
     assert r.exit_code == 0, r.output
     spans = [(s, s + 32) for s in range(0, JOINED_FRAMES - 32 + 1, 32)]
     expected = reference(run, all_frames(joined), spans)
@@ -130,8 +131,8 @@ def test_pooled_features_equal_the_pooled_forward(run, joined, tmp_path, pool):
 
 def test_sliding_windows_over_an_untrimmed_video(run, joined, tmp_path):
     out = tmp_path / "frames"
-    assert cli(run, joined, "--out", out, "--layers", "2", "--pool", "tokens", "--window", 16, "--stride", 8, "--workers", 0,
-               "--batch-size", 5).exit_code == 0
+    assert cli(run, joined, "--out", out, "--layers", "2", "--pool", "tokens", "--window", 16, "--stride", 8,
+               "--workers", 0, "--batch-size", 5).exit_code == 0
     got = load_file(str(out / "features" / "joined.safetensors"))
     starts = list(range(0, JOINED_FRAMES - 16 + 1, 8))
     assert len(starts) == 44 and got["layer2"].shape == (44, 65, 64)
@@ -139,8 +140,8 @@ def test_sliding_windows_over_an_untrimmed_video(run, joined, tmp_path):
     torch.testing.assert_close(got["start_s"], torch.tensor(starts, dtype=torch.float64) / JOINED_FPS)
     expected = reference(run, all_frames(joined), [(s, s + 16) for s in starts], return_layers=(2,))
     torch.testing.assert_close(got["layer2"], expected.layers[2], atol=1e-5, rtol=0)
-    rows = duckdb.sql(f"SELECT window_index, start_frame, end_frame, start_s, end_s, fps FROM '{out / 'index.parquet'}' "
-                      "WHERE window_index IN (0, 43) ORDER BY window_index").fetchall()
+    rows = duckdb.sql(f"SELECT window_index, start_frame, end_frame, start_s, end_s, fps "
+                      f"FROM '{out / 'index.parquet'}' WHERE window_index IN (0, 43) ORDER BY window_index").fetchall()
     assert rows == [(0, 0, 16, 0.0, 16 / 30, 30.0), (43, 344, 360, 344 / 30, 360 / 30, 30.0)]
 
     # a stride in seconds: 0.5 s at 30 fps is 15 frames
