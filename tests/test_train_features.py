@@ -291,3 +291,32 @@ def test_a_rerun_with_other_settings_is_refused(run, joined, tmp_path):
     assert cli(run, joined, "--out", out, "--workers", 0).exit_code == 0
     r = cli(run, joined, "--out", out, "--pool", "tokens", "--workers", 0)
     assert r.exit_code == 2 and "other settings (pool: mean then, tokens now)" in r.output
+
+
+def test_windows_are_planned_again_when_the_decoder_gives_fewer_frames_than_the_container_states(joined,
+                                                                                                monkeypatch):
+    from ivtrain.eval import feature_sources
+    from ivtrain.eval.feature_sources import Windows, window_clips
+
+    whole = Windows(frames=4, size=32)
+    expected = list(window_clips(str(joined), whole))
+    real_count = feature_sources.frame_count
+    monkeypatch.setattr(feature_sources, "frame_count", lambda media: (real_count(media)[0] + 50,
+                                                                       real_count(media)[1]))
+    got = list(window_clips(str(joined), whole))
+    assert [span for span, _, _ in got] == [(0, JOINED_FRAMES)] == [span for span, _, _ in expected]
+    assert torch.equal(got[0][2], expected[0][2])
+    # sliding windows: those the decoded frames reach stand, the rest are not made up
+    sliding = list(window_clips(str(joined), Windows(frames=4, size=32, window=100, stride=100)))
+    assert [span for span, _, _ in sliding] == [(0, 100), (100, 200), (200, 300)]
+
+
+def test_a_journal_line_cut_short_by_a_kill_is_dropped(tmp_path):
+    from ivtrain.eval.feature_store import JOURNAL, FeatureStore
+
+    settings = {"format": "npy"}
+    FeatureStore(tmp_path, settings)
+    (tmp_path / JOURNAL).write_text('{"id": "a", "status": "ok"}\n{"id": "b", "sta')
+    store = FeatureStore(tmp_path, settings)
+    assert store.done(retry_failed=False) == {"a"}
+    assert (tmp_path / JOURNAL).read_text() == '{"id": "a", "status": "ok"}\n'

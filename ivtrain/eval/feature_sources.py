@@ -14,8 +14,9 @@ window's times are its frame span over the stream's average frame rate (start / 
 
 Decoding is one sequential pass with PyAV over each video, keeping only the frames some window still needs, so
 an hour-long video costs the memory of the windows in flight, not of its frames. Windows are planned on the
-frame count the container states (or counts, packet by packet); a decoder that stops short of it gives the
-windows it reached, or, when it reached none, the item is planned again on the frames it did decode.
+frame count the container states (or counts, packet by packet); a window is given once the decoder has reached
+its last frame, so a decoder that stops short gives the windows it reached, and when it reached none, the item is
+planned again on the frames it did decode.
 """
 from __future__ import annotations
 
@@ -139,7 +140,7 @@ def window_clips(media: str | bytes, windows: Windows) -> Iterator[tuple[tuple[i
             decoded = i + 1
             if i in needed:
                 kept[i] = _clip_frame(frame, windows.size)
-            while given < len(spans) and picks[given][-1] <= i:
+            while given < len(spans) and spans[given][1] - 1 <= i:   # the decoder reached the window's end
                 yield spans[given], fps, torch.cat([kept[j] for j in picks[given]], dim=1)
                 given += 1
                 first_needed = picks[given][0] if given < len(spans) else decoded
