@@ -147,3 +147,45 @@ def convert_teacher(source: Path = typer.Argument(..., exists=True, dir_okay=Fal
         raise typer.Exit(2)
     typer.echo(str(converted.report))
     typer.echo(f"{source} ({kind}) -> {out}")
+
+
+def export_features(run: Path = typer.Argument(..., help="a finished run dir of any objective (export.json + "
+                                               "encoder.safetensors), or a checkpoint file with --size"),
+                    source: str = typer.Argument(..., help="shards (.wids.json, .txt of tars, dir of tars, .tar), or "
+                                                 "videos (a file, a dir, a .txt of paths, a .csv/.parquet/.jsonl "
+                                                 "with path and video_id columns)"),
+                    out: Path = typer.Option(..., "--out", help="output folder (rerun with it to resume)"),
+                    layers: str = typer.Option("-1", "--layers", help="block indices from 0, negative from the "
+                                               "last: 7,-1"),
+                    pool: str = typer.Option("mean", "--pool", help="tokens | frames | mean | attn (the encoder's "
+                                             "pooling head; last layer only)"),
+                    window: Optional[int] = typer.Option(None, "--window", help="source frames per window (default: "
+                                                         "each clip or video is one window)"),
+                    stride: Optional[str] = typer.Option(None, "--stride", help="between windows: frames (16) or "
+                                                         "seconds (0.5s); default the window"),
+                    format: str = typer.Option("safetensors", "--format", help="safetensors | npy | actionformer "
+                                               "(one [T, C] .npy per video)"),
+                    dtype: str = typer.Option("float32", "--dtype", help="stored features: float32 | float16"),
+                    batch_size: int = typer.Option(8, "--batch-size", help="windows per encoder forward"),
+                    workers: int = typer.Option(2, "--workers", help="decoding processes (0: in this one)"),
+                    device: str = typer.Option("auto", help="auto (CUDA when present, bf16 autocast) | cpu | cuda"),
+                    size: Optional[str] = typer.Option(None, "--size", help="checkpoint file: its ViT size "
+                                                       "(b, l, 1b, 6b)"),
+                    frames: int = typer.Option(0, "--frames", help="frames per window the encoder sees (default: "
+                                               "the run's; another count resizes its position table)"),
+                    retry_failed: bool = typer.Option(False, "--retry-failed", help="redo items recorded as failed"),
+                    ) -> None:
+    """Export an encoder's features (chosen layers; per token, per frame or pooled) of clips or of sliding
+    windows over untrimmed videos, with a Parquet index DuckDB reads; resumable."""
+    from ivtrain.convert import ConversionError
+    from ivtrain.eval.features import ExportOptions
+    from ivtrain.eval.features import export_features as run_export
+
+    options = ExportOptions(layers=layers, pool=pool, window=window, stride=stride, format=format, dtype=dtype,
+                            batch_size=batch_size, workers=workers, device=device, retry_failed=retry_failed)
+    try:
+        summary = run_export(run, source, out, options, size=size, frames=frames)
+    except (ValueError, FileNotFoundError, ConversionError, RuntimeError) as e:   # ExportError is a FileNotFoundError
+        typer.echo(f"export features: {e}", err=True)
+        raise typer.Exit(2)
+    typer.echo(summary.line())
