@@ -22,11 +22,14 @@ data_app = typer.Typer(help="Data engine stages: ingest -> probe -> split -> cut
 manifest_app = typer.Typer(help="Query the manifest with SQL, select subsets, export, migrate.", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluate trained encoders.", no_args_is_help=True)
 models_app = typer.Typer(help="Model directories for demos and tests.", no_args_is_help=True)
+export_app = typer.Typer(help="Use trained encoders elsewhere: features for detection heads and retrieval.",
+                         no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(data_app, name="data")
 app.add_typer(manifest_app, name="manifest")
 app.add_typer(eval_app, name="eval")
 app.add_typer(models_app, name="models")
+app.add_typer(export_app, name="export")
 
 
 # ------------------------------------------------------------------------------------------ corpus
@@ -409,6 +412,7 @@ app.command("train")(_train_cli.train)
 app.command("convert")(_train_cli.convert)
 app.command("convert-teacher")(_train_cli.convert_teacher)
 eval_app.command("probe")(_train_cli.probe)
+export_app.command("features")(_train_cli.export_features)
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """The loader's shard index: a cold scan and a cached read, against a bare tarfile pass over the same shards.
 
-Every rank builds the index of every shard before its first batch (ivtrain.data.shards.ShardIndex). Its
+Every rank builds the index of every shard before its first batch (ivtrain.data.index.ShardIndex). Its
 costs at corpus scale are the start-up time and the memory each process (and each forked loader worker)
 holds. The shards here are real tars in the ivkit layout (`<key>.mp4` + `<key>.json` per sample, keys
 shaped like ivkit clip ids, `<video id>_<start ms>_<end ms>`); the member bytes are filler, since only the
@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ivtrain.data.shards import ShardIndex, scan_shard  # noqa: E402
+from ivtrain.data.index import ShardIndex, scan_shard  # noqa: E402
 
 
 def write_shards(folder: Path, shards: int, per_shard: int) -> list[Path]:

@@ -1,4 +1,4 @@
-"""Learning check for IV2 stage 1 (must-show 5): does stage-1 training teach the encoder motion?
+"""Learning check for IV2 stage 1: does stage-1 training teach the encoder motion?
 
 Set-up (all on CPU, all real files):
 1. Synthetic labeled videos whose class needs motion (bench/train_synthetic.py: shapes moving
@@ -74,7 +74,7 @@ def learning_check(work: Path, train_per_class: int = 64, eval_per_class: int = 
 
     from ivtrain.config import load_recipe
     from ivtrain.eval.probe import run_probe
-    from ivtrain.models.teachers import save_tiny_clip_teacher
+    from ivtrain.tiny_teachers import save_tiny_clip_teacher
     from ivtrain.tiny_teachers import train_tiny_videomae
 
     torch.set_num_threads(1)

@@ -62,8 +62,8 @@ def bench_loader(clips: list[Path], work: Path, frames: int = 16, size: int = 22
     import numpy as np
 
     from ivtrain.config import DataConfig
+    from ivtrain.data.loader import video_loader
     from ivtrain.data.sampling import sparse_uniform_indices
-    from ivtrain.data.shards import make_loader
     from ivtrain.data.transforms import normalize
 
     index = train_synthetic.write_shards(clips, work / "shards", "bench", per_shard=16)
@@ -76,9 +76,8 @@ def bench_loader(clips: list[Path], work: Path, frames: int = 16, size: int = 22
     raw = len(clips) / (time.perf_counter() - t)
     results = {"clips": len(clips), "frames": frames, "size": size, "raw_decord_clips_per_s": raw}
     for workers in (0, 1, 2):
-        cfg = DataConfig(shards=str(index), num_frames=frames // 2, teacher_frames=frames, image_size=size,
-                         batch_size=4, num_workers=workers)
-        loader, stream = make_loader(cfg, epochs=1)
+        cfg = DataConfig(shards=str(index), num_frames=frames, image_size=size, batch_size=4, num_workers=workers)
+        loader, stream = video_loader(cfg, frames, epochs=1)
         batches = iter(loader)
         next(batches)  # worker start-up and the first batch are not throughput
         t = time.perf_counter()
@@ -149,7 +148,7 @@ def bench_step(size: str, device: str, steps: int, work: Path, batch: int, zero:
     import torch
 
     from ivtrain.config import load_recipe
-    from ivtrain.models.teachers import save_tiny_clip_teacher, save_tiny_videomae_teacher
+    from ivtrain.tiny_teachers import save_tiny_clip_teacher, save_tiny_videomae_teacher
     from ivtrain.objectives.iv2_stage1 import IV2Stage1
 
     if size == "tiny":
@@ -164,28 +163,31 @@ def bench_step(size: str, device: str, steps: int, work: Path, batch: int, zero:
                                                        num_attention_heads=12, projection_dim=512)).save_pretrained(work / "clip")
         VideoMAEModel(VideoMAEConfig(image_size=224, patch_size=14, num_frames=16, tubelet_size=2)).save_pretrained(work / "mae")
         clip, mae = work / "clip", work / "mae"
-        sets, recipe_path = [f"model.size={size}"], ROOT / "recipes/iv2_stage1_b.yaml"
+        sets, recipe_path = [f"iv2_stage1.model.size={size}"], ROOT / "recipes/iv2_stage1_b.yaml"
     dev = torch.device(device)
     # as the trainer runs: DeepSpeed ZeRO (the recipes' stage 1 unless asked), bf16 weights with fp32 master
     # weights on CUDA, fp32 on CPU
-    recipe = load_recipe(recipe_path, sets + [f"teachers.semantic.path={clip}", f"teachers.motion.path={mae}",
-                                              "loss.align_layers=2", f"data.batch_size={batch}",
+    recipe = load_recipe(recipe_path, sets + [f"iv2_stage1.teachers.semantic.path={clip}",
+                                              f"iv2_stage1.teachers.motion.path={mae}",
+                                              "iv2_stage1.teachers.semantic.layers=2",
+                                              "iv2_stage1.teachers.motion.layers=2", f"data.batch_size={batch}",
                                               f"train.device={dev.type}", f"train.bf16={dev.type == 'cuda'}",
                                               f"train.zero_stage={zero}"])
     import deepspeed
 
-    from ivtrain.engine import deepspeed_config, setup_distributed
+    from ivtrain.engine import setup_distributed
+    from ivtrain.engine.deepspeed_setup import recipe_deepspeed_config
 
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     setup_distributed(dev)
     obj = IV2Stage1(recipe, dev)
     obj.trainable.to(dev)
-    engine, _, _, _ = deepspeed.initialize(model=obj.trainable, config=deepspeed_config(recipe, 1),
+    engine, _, _, _ = deepspeed.initialize(model=obj.trainable, config=recipe_deepspeed_config(recipe, 1),
                                            optimizer=torch.optim.AdamW(obj.trainable.parameters(), lr=1e-4))
     d = recipe.data
     # uint8, as the loader ships it: prepare normalizes on the device, which the teacher time includes
-    video = torch.randint(0, 256, (batch, 3, d.teacher_frames, d.image_size, d.image_size), dtype=torch.uint8,
+    video = torch.randint(0, 256, (batch, 3, d.num_frames, d.image_size, d.image_size), dtype=torch.uint8,
                           device=dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     teacher_t, student_t = [], []

@@ -33,7 +33,7 @@ def write_checkpoint(size: str, zero: int, ckpt_dir: Path) -> None:
     import deepspeed
     import torch
 
-    from ivtrain.config import ViTConfig
+    from ivtrain.models.vit import ViTConfig
     from ivtrain.engine import setup_distributed
     from ivtrain.models.vit import InternVideo2
 

@@ -8,12 +8,29 @@ the dataclasses (`__post_init__`) or in the recipe's own `validate`.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2's booleans: only true/false. PyYAML follows YAML 1.1, where on/off/yes/no are booleans too, so a
+    documented string value such as `index_cache: off` would arrive as False and be refused as a non-string."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def load_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
 
 
 class ConfigError(ValueError):
@@ -121,7 +138,7 @@ def read_mapping(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"recipe {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"recipe {path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
@@ -151,7 +168,7 @@ def parse_override(override: str) -> tuple[str, Any]:
         raise ConfigError(f"override {override!r} must look like key.path=value")
     key, text = override.split("=", 1)
     try:
-        return key.strip(), (yaml.safe_load(text) if text.strip() else "")
+        return key.strip(), (load_yaml(text) if text.strip() else "")
     except yaml.YAMLError as e:
         raise ConfigError(f"override {override!r}: value is not valid YAML: {e}") from None
 

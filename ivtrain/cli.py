@@ -14,24 +14,37 @@ def train(recipe: Path = typer.Argument(..., exists=True, dir_okay=False,
                                         help="recipe YAML, e.g. recipes/iv2_stage1_tiny.yaml"),
           set: list[str] = typer.Option([], "--set", help="dotted override key=value, repeatable (optim.lr=1e-3)"),
           nproc: int = typer.Option(1, "--nproc", min=1,
-                                    help="processes on this machine; > 1 starts them with torchrun (gloo on CPU, "
-                                         "nccl on CUDA)"),
+                                    help="processes on this machine (one per GPU); > 1 or --nnodes > 1 starts them "
+                                         "with torchrun (gloo on CPU, nccl on CUDA)"),
+          nnodes: int = typer.Option(1, "--nnodes", min=1, help="machines in the job; run the same command on each"),
+          node_rank: int = typer.Option(0, "--node-rank", min=0, help="this machine's number, 0 .. nnodes-1"),
+          master_addr: str = typer.Option("127.0.0.1", "--master-addr",
+                                          help="address of node 0, which every node can reach"),
+          master_port: int = typer.Option(29500, "--master-port", help="a free port on node 0"),
           ) -> None:
-    """Train (or resume) the recipe's objective; a rerun with the same train.out_dir resumes exactly.
+    """Train (or resume) the recipe's objective; a rerun with the same train.out_dir resumes exactly, also on
+    another number of processes or machines.
 
-    Several machines: run `torchrun --nnodes ... -m ivtrain.train RECIPE --set ...` (or the deepspeed
-    launcher) on each; `--nproc N` is the one-machine shortcut for the same thing.
+    Several machines: run the same command on each with --nnodes N --node-rank R --master-addr NODE0 (torchrun's
+    static rendezvous); train.out_dir must be a folder every node sees (a shared file system), where rank 0
+    writes the exports and every rank its checkpoint shard. The DeepSpeed launcher with a hostfile, or Slurm
+    starting `python -m ivtrain.train` under torchrun, works the same way.
     """
     try:
         r = load_recipe(recipe, set)
     except ConfigError as e:
         raise typer.BadParameter(str(e), param_hint="recipe/--set")
-    if nproc > 1:
+    if node_rank >= nnodes:
+        raise typer.BadParameter(f"--node-rank {node_rank} is not below --nnodes {nnodes}")
+    if nproc > 1 or nnodes > 1:
         import subprocess
         import sys
 
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-               "-m", "ivtrain.train", str(recipe)] + [a for s in set for a in ("--set", s)]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
+        cmd += (["--standalone"] if nnodes == 1 else
+                ["--nnodes", str(nnodes), "--node_rank", str(node_rank), "--master_addr", master_addr,
+                 "--master_port", str(master_port)])
+        cmd += ["-m", "ivtrain.train", str(recipe)] + [a for s in set for a in ("--set", s)]
         raise typer.Exit(subprocess.run(cmd).returncode)
     from ivtrain.train import run_recipe
 
@@ -134,3 +147,45 @@ def convert_teacher(source: Path = typer.Argument(..., exists=True, dir_okay=Fal
         raise typer.Exit(2)
     typer.echo(str(converted.report))
     typer.echo(f"{source} ({kind}) -> {out}")
+
+
+def export_features(run: Path = typer.Argument(..., help="a finished run dir of any objective (export.json + "
+                                               "encoder.safetensors), or a checkpoint file with --size"),
+                    source: str = typer.Argument(..., help="shards (.wids.json, .txt of tars, dir of tars, .tar), or "
+                                                 "videos (a file, a dir, a .txt of paths, a .csv/.parquet/.jsonl "
+                                                 "with path and video_id columns)"),
+                    out: Path = typer.Option(..., "--out", help="output folder (rerun with it to resume)"),
+                    layers: str = typer.Option("-1", "--layers", help="block indices from 0, negative from the "
+                                               "last: 7,-1"),
+                    pool: str = typer.Option("mean", "--pool", help="tokens | frames | mean | attn (the encoder's "
+                                             "pooling head; last layer only)"),
+                    window: Optional[int] = typer.Option(None, "--window", help="source frames per window (default: "
+                                                         "each clip or video is one window)"),
+                    stride: Optional[str] = typer.Option(None, "--stride", help="between windows: frames (16) or "
+                                                         "seconds (0.5s); default the window"),
+                    format: str = typer.Option("safetensors", "--format", help="safetensors | npy | actionformer "
+                                               "(one [T, C] .npy per video)"),
+                    dtype: str = typer.Option("float32", "--dtype", help="stored features: float32 | float16"),
+                    batch_size: int = typer.Option(8, "--batch-size", help="windows per encoder forward"),
+                    workers: int = typer.Option(2, "--workers", help="decoding processes (0: in this one)"),
+                    device: str = typer.Option("auto", help="auto (CUDA when present, bf16 autocast) | cpu | cuda"),
+                    size: Optional[str] = typer.Option(None, "--size", help="checkpoint file: its ViT size "
+                                                       "(b, l, 1b, 6b)"),
+                    frames: int = typer.Option(0, "--frames", help="frames per window the encoder sees (default: "
+                                               "the run's; another count resizes its position table)"),
+                    retry_failed: bool = typer.Option(False, "--retry-failed", help="redo items recorded as failed"),
+                    ) -> None:
+    """Export an encoder's features (chosen layers; per token, per frame or pooled) of clips or of sliding
+    windows over untrimmed videos, with a Parquet index DuckDB reads; resumable."""
+    from ivtrain.convert import ConversionError
+    from ivtrain.eval.features import ExportOptions
+    from ivtrain.eval.features import export_features as run_export
+
+    options = ExportOptions(layers=layers, pool=pool, window=window, stride=stride, format=format, dtype=dtype,
+                            batch_size=batch_size, workers=workers, device=device, retry_failed=retry_failed)
+    try:
+        summary = run_export(run, source, out, options, size=size, frames=frames)
+    except (ValueError, FileNotFoundError, ConversionError, RuntimeError) as e:   # ExportError is a FileNotFoundError
+        typer.echo(f"export features: {e}", err=True)
+        raise typer.Exit(2)
+    typer.echo(summary.line())

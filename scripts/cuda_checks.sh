@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The checks that need a CUDA machine (issue 5: flash-attn vs SDPA in bf16, ViT-B / ViT-L MFU and peak
+# The checks that need a CUDA machine (flash-attn vs SDPA in bf16, ViT-B / ViT-L MFU and peak
 # memory; DeepSpeed bf16 over NCCL with a resume; pinned loader batches; the probe on the GPU).
 # Here: bash scripts/cuda_wheels.sh. Then one device call, from the repo root:
 #   run(command="bash scripts/cuda_checks.sh", carry=[".whl"], timeout_s=560)

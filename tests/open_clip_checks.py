@@ -69,7 +69,7 @@ def check_objective(work: Path) -> None:
     """InternVideo2 stage 1 with the open_clip semantic teacher: every loss term falls on one batch."""
     from ivtrain.config import load_recipe
     from ivkit.open_clip_tower import save_tiny_open_clip
-    from ivtrain.models.teachers import save_tiny_videomae_teacher
+    from ivtrain.tiny_teachers import save_tiny_videomae_teacher
     from ivtrain.objectives.iv2_stage1 import IV2Stage1
 
     root = Path(__file__).resolve().parents[1]

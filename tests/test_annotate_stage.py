@@ -1,6 +1,6 @@
-"""`iv data annotate` on a real corpus: V, A, S, AV, AVS per clip with audio and V per clip without
-(must-show 3); no-audio, silent and broken-midway clips each get a recorded outcome (must-show 4);
-SIGKILL mid-run then a rerun loses and repeats nothing (must-show 5); reruns skip by model+prompt."""
+"""`iv data annotate` on a real corpus: V, A, S, AV, AVS per clip with audio and V per clip without;
+no-audio, silent and broken-midway clips each get a recorded outcome; SIGKILL mid-run then a rerun loses and
+repeats nothing; reruns skip by model+prompt."""
 from __future__ import annotations
 
 import json
@@ -99,7 +99,7 @@ def test_annotate_writes_every_kind_and_records_every_outcome(corpus_and_models,
     with corpus.manifest(read_only=True) as m:
         caps = _captions(m)
         runs = m.rows("SELECT stage, status, counts FROM runs WHERE stage LIKE 'annotate_%' ORDER BY run_id")
-    # must-show 3: V, A, S, AV, AVS for clips with audio; V (and explicit empty A/S) for the one without
+    # V, A, S, AV, AVS for clips with audio; V (and explicit empty A/S) for the one without
     for name in ("bunny_music", "bikes_speech", "carphone_silent"):
         assert set(caps[name]) == {"V", "A", "S", "AV", "AVS"}, name
         assert all(caps[name][k]["text"] for k in ("V", "AV", "AVS")), name
@@ -107,7 +107,7 @@ def test_annotate_writes_every_kind_and_records_every_outcome(corpus_and_models,
     speech = caps["bikes_speech"]["S"]
     assert "bicycle" in speech["text"].lower() and speech["lang"] == "en"
     assert speech["extra"]["segments"] and speech["model"] == "faster-whisper:tiny.en"
-    # must-show 4: every clip has an outcome, the run went on
+    # every clip has an outcome, the run went on
     assert caps["bikes_noaudio"]["V"]["text"] and "AV" not in caps["bikes_noaudio"]
     assert caps["bikes_noaudio"]["S"]["extra"]["status"] == "no_audio" == caps["bikes_noaudio"]["A"]["extra"]["status"]
     assert caps["carphone_silent"]["S"]["extra"]["status"] == "silent" and caps["carphone_silent"]["S"]["text"] == ""
@@ -180,7 +180,7 @@ def test_annotate_writes_every_kind_and_records_every_outcome(corpus_and_models,
 
 
 def test_sigkill_mid_annotation_then_rerun(corpus_and_models, tmp_path):
-    """Must-show 5: V merges go through a slow OpenAI-compatible server; the run is SIGKILLed after a
+    """V merges go through a slow OpenAI-compatible server; the run is SIGKILLed after a
     batch or two is committed; the rerun captions exactly the rest, and committed rows are untouched."""
     corpus, models = corpus_and_models
     corpus = _copy(corpus, tmp_path)

@@ -1,4 +1,4 @@
-"""Planted duplicates and planted eval leakage in a corpus built from real clips (must-show 2 and 3).
+"""Planted duplicates and planted eval leakage in a corpus built from real clips.
 
 The corpus (ivdata.pipeline.build_corpus, shot split, re-encoded cuts) holds:
   bikes        k400 train, YouTube id plantBikes1             (original: kept)
@@ -195,7 +195,7 @@ def test_dedupe_rerun_is_idempotent_and_resumes(planted):
 
 
 def test_report_renders_the_audit(planted, tmp_path):
-    """Must-show 5 (part): the report page for a deduped corpus, with plots and every removal listed."""
+    """The report page for a deduped corpus, with plots and every removal listed."""
     from PIL import Image
     from ivdata.curate.report import write_report
     page = write_report(planted["corpus"].manifest_path, tmp_path / "report")

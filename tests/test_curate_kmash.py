@@ -161,7 +161,7 @@ def tiny_video(path: Path, seconds: float, fps: int = 4) -> None:
 
 
 def test_kmash_build_has_the_counts_and_provenance_in_the_manifest(tmp_path, monkeypatch):
-    """Must-show 1, end to end: plan over the fixture root, real video files, ingest -> clips -> shards."""
+    """End to end: plan over the fixture root, real video files, ingest -> clips -> shards."""
     import json
     import tarfile
 

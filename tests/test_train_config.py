@@ -73,3 +73,15 @@ def test_shipped_recipes_resolve_to_the_documented_sizes(name, dim, depth, heads
     if name != "iv2_stage1_tiny":
         assert (v.patch_size, r.data.image_size, r.section.student_frames, r.data.num_frames) == (14, 224, 8, 16)
         assert (v.pool_heads, v.mlp_act) == (16, "gelu_tanh")   # as released, whatever the blocks' head count
+
+
+def test_documented_string_values_are_not_read_as_yaml_1_1_booleans(tmp_path):
+    """`off`, `on`, `yes`, `no` are strings (YAML 1.2): data.index_cache=off is the documented value, and a boolean
+    key given `yes` says what it wants instead of taking it as true."""
+    assert load_recipe(RECIPES / "iv2_stage1_tiny.yaml", ["data.index_cache=off"]).data.index_cache == "off"
+    path = tmp_path / "r.yaml"
+    path.write_text((RECIPES / "iv2_stage1_tiny.yaml").read_text().replace("num_workers: 2",
+                                                                          "num_workers: 2\n  index_cache: off"))
+    assert load_recipe(path).data.index_cache == "off"
+    with pytest.raises(ConfigError, match="train.bf16: expected true/false, got 'yes'"):
+        load_recipe(RECIPES / "iv2_stage1_tiny.yaml", ["train.bf16=yes"])

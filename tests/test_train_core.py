@@ -2,16 +2,12 @@
 shard sets delivering video, FLAC audio, caption tokens and images; one and two processes under ZeRO 1; exact
 resume after SIGKILL with every source's position restored; padding and masks where lengths differ; frozen towers
 kept out of the optimizer and the checkpoints; bad input refused before any step with one line."""
-import io
 import json
 import math
 import subprocess
 import sys
-import tarfile
-from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -19,63 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 import train_synthetic  # noqa: E402
-from train_toy_objective import write_tokenizer  # noqa: E402
-
-WORDS = "a red square moves left right up down over dark ground with tone and two shapes slowly quickly".split()
-
-
-def caption(rng: np.random.Generator) -> str:
-    """Captions of 2 to 9 words: batches whose texts differ in length."""
-    return " ".join(rng.choice(WORDS, size=int(rng.integers(2, 10))))
-
-
-def add_captions(corpus, kind: str, seed: int) -> None:
-    from ivdata.manifest import Manifest
-
-    rng = np.random.default_rng(seed)
-    with Manifest(corpus.manifest_path) as m:
-        clips = [r["clip_id"] for r in m.rows("SELECT clip_id FROM clips WHERE status = 'ok' ORDER BY clip_id")]
-        m.insert_rows("captions", [{"clip_id": c, "kind": kind, "text": caption(rng), "lang": "en", "model": "test",
-                                    "prompt_hash": "-", "created_at": datetime(2026, 1, 1)} for c in clips])
-
-
-def build_captioned(name: str, videos: list[Path], home: Path, kind: str, seed: int) -> Path:
-    """ingest -> probe -> split -> cut -> captions -> shard, by the data engine."""
-    from ivdata.pipeline import build_corpus, shard
-    from ivdata.stages.shard import ShardConfig
-
-    corpus = build_corpus(name, videos, home=home, cut="reencode", short_side=48, shard_maxcount=4)
-    add_captions(corpus, kind, seed)
-    shard(corpus, ShardConfig(subset="all", shardset="captioned", maxcount=4))
-    return corpus.wids_index("captioned")
-
-
-def write_mixed_shards(out: Path, videos: list[Path], seed: int) -> Path:
-    """Images (jpg) and clips (mp4) in one shard set: batches whose samples differ in frame count."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    out.mkdir(parents=True, exist_ok=True)
-    tar_path = out / "mixed-000000.tar"
-    with tarfile.open(tar_path, "w") as tar:
-        for i in range(8):
-            key = f"mixed{i:03d}"
-            if i % 4 == 3:
-                media, ext = Path(videos[i % len(videos)]).read_bytes(), "mp4"
-            else:
-                buf = io.BytesIO()
-                Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(buf, format="JPEG")
-                media, ext = buf.getvalue(), "jpg"
-            meta = {"clip_id": key, "source": "mixed", "source_id": key, "captions": {"web": caption(rng)}}
-            for member, payload in ((ext, media), ("json", json.dumps(meta).encode())):
-                info = tarfile.TarInfo(f"{key}.{member}")
-                info.size = len(payload)
-                tar.addfile(info, io.BytesIO(payload))
-    index = out / "mixed.wids.json"
-    index.write_text(json.dumps({"wids_version": 1, "shardlist": [{"url": tar_path.name, "nsamples": 8,
-                                                                   "filesize": tar_path.stat().st_size}]}))
-    return index
-
+from mixture_sets import WORDS, build_captioned, write_mixed_shards, write_tokenizer  # noqa: E402
 
 @pytest.fixture(scope="module")
 def mixture(tmp_path_factory):

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import train_synthetic  # noqa: E402
 
-from ivtrain.models.teachers import save_tiny_clip_teacher, save_tiny_videomae_teacher  # noqa: E402
+from ivtrain.tiny_teachers import save_tiny_clip_teacher, save_tiny_videomae_teacher  # noqa: E402
 
 
 def build_shards(root: Path) -> Path:
@@ -497,3 +497,49 @@ def test_a_trainer_that_raises_with_loader_workers_alive_exits(setup, tmp_path, 
     proc = subprocess.run(args, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode != 0 and time.monotonic() - t0 < 200
     assert "2 micro batches in a row gave a NaN/inf loss" in proc.stderr
+
+
+def test_bad_data_and_missing_models_stop_before_deepspeed_with_one_line(setup, tmp_path):
+    """A missing teacher directory, a missing shard index, an empty shard set and an unknown model size each stop
+    the run before DeepSpeed starts (no checkpoint folder filled, no step), with one line and exit status 2."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "nothing.tar").write_bytes(b"\0" * 1024)          # a tar with no samples
+    cases = [("iv2_stage1.teachers.motion.path=/no/such/videomae", "motion teacher directory /no/such/videomae"),
+             (f"data.shards={tmp_path / 'missing.wids.json'}", "shard source"),
+             (f"data.shards={empty}", "no samples with a video or image member"),
+             ("iv2_stage1.model.size=huge", "unknown ViT size 'huge'")]
+    for override, message in cases:
+        out = tmp_path / "bad"
+        proc = run(BASE + overrides(setup, out, override), expect_rc=2)
+        said = [ln for ln in proc.stderr.splitlines() if ln.startswith(("cannot start:", "recipe error:"))]
+        assert len(said) == 1 and message in said[0] and "Traceback" not in proc.stderr, (override, proc.stderr)
+        assert not (out / "metrics.jsonl").exists() and not list((out / "checkpoints").glob("step*"))
+
+
+@pytest.mark.slow
+def test_two_nodes_train_and_one_node_resumes_exactly(setup, tmp_path):
+    """`iv train --nnodes 2 --node-rank R --master-addr A` twice on this machine (two nodes of one process, through
+    torchrun's static rendezvous), killed after step 3, then resumed by one node of one process (its universal
+    checkpoint): the losses, lr and positions are those of one process that ran all six steps."""
+    reference = tmp_path / "reference"
+    run(BASE + overrides(setup, reference, "train.zero_stage=1", "data.batch_size=4"))
+    out = tmp_path / "nodes"
+    cli = [sys.executable, "-c", "from cli import app; app()", "train", RECIPE]
+    sets = overrides(setup, out, "train.zero_stage=1", "data.batch_size=2", "train.ckpt_every=2")
+    nodes = [subprocess.Popen(cli + sets + ["--set", "train.debug_kill_at_step=3", "--nnodes", "2", "--node-rank",
+                                            str(r), "--master-addr", "127.0.0.1", "--master-port", "29571"],
+                              cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r in (0, 1)]
+    for node in nodes:
+        node.communicate(timeout=600)
+        assert node.returncode != 0                  # each node's process killed itself after step 3
+    assert sorted(p.name for p in (out / "checkpoints").glob("step*")) == ["step00000002"]
+    assert len(list((out / "checkpoints" / "step00000002").glob("rank*_state.pt"))) == 2
+    proc = run(cli + overrides(setup, out, "train.zero_stage=1", "data.batch_size=4", "train.ckpt_every=2"))
+    assert "resumed on 1 process(es) what 2 wrote (via its universal checkpoint)" in proc.stdout
+    records = losses(out)
+    assert [m["step"] for m in records] == [1, 2, 3, 3, 4, 5, 6]
+    assert_same_losses(records, reference)
+    positions = {m["step"]: m["data/position"] for m in losses(reference)}
+    assert [m["data/position"] for m in records] == [positions[m["step"]] for m in records]

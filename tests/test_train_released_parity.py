@@ -87,7 +87,8 @@ def test_visible_patches_per_frame_round_the_hidden_count_down():
 def test_motion_targets_take_the_final_norm_on_the_last_layer(tmp_path):
     from transformers import VideoMAEModel
 
-    from ivtrain.models.teachers import MotionTeacher, save_tiny_videomae_teacher
+    from ivtrain.models.teachers import MotionTeacher
+    from ivtrain.tiny_teachers import save_tiny_videomae_teacher
 
     path = save_tiny_videomae_teacher(tmp_path / "videomae", layers=3)
     teacher = MotionTeacher(path, num_layers=2)

@@ -38,7 +38,7 @@ def run_tiny_stage1(root: Path) -> list[dict]:
     import train_synthetic
     from test_train_engine import build_shards, child_env
 
-    from ivtrain.models.teachers import save_tiny_clip_teacher, save_tiny_videomae_teacher
+    from ivtrain.tiny_teachers import save_tiny_clip_teacher, save_tiny_videomae_teacher
 
     train_synthetic.write_motion_dataset(root, per_class=4)
     shards = build_shards(root)

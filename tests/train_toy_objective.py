@@ -119,18 +119,3 @@ class ToyMixture(Objective):
     def encoder_config_of(cls, recipe) -> dict:
         return {**InternVideo2(ViTConfig(size="tiny", num_frames=4, img_size=32, depth=2), WIDTH).config(),
                 "mean": recipe.data.mean, "std": recipe.data.std}
-
-
-def write_tokenizer(path, words: list[str]):
-    """A word-level tokenizer over `words` (+ [PAD], [UNK], [CLS], [SEP]) saved as a transformers directory."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *sorted(set(words))])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2),
-                                                                                                 ("[SEP]", 3)])
-    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                            sep_token="[SEP]").save_pretrained(path)
-    return path

@@ -329,7 +329,7 @@ def run_annotation(corpus: Corpus, cfg: VidCapConfig, stages=STAGES, subset: str
             for s in stages}
 
 
-# -- `iv data annotate` (the lead mounts this function on the data sub-app) -------------------------
+# -- `iv data annotate` (cli.py mounts this function on the data sub-app) ---------------------------
 def annotate(
     corpus: str = typer.Option("default", "--corpus", "-c", envvar="IVKIT_CORPUS",
                                help="Corpus name (manifests/NAME.duckdb under $IVKIT_HOME) or a .duckdb path."),

@@ -68,7 +68,9 @@ def read_sample(index: ShardIndex, sample_id: int, epoch: int, spec: SampleSpec,
         sample["video"] = clip_transform(frames, spec.video.size, data.train, data.scales, data.max_distort, flip, rng)
         sample["is_image"] = media != "mp4"
     if spec.audio is not None:
-        raw = index.read(sample_id, "flac")
+        # a shard set may give every sample a FLAC member (so that readers inferring one schema see the same
+        # members everywhere) and say in the json which clips have no sound: those count as without audio
+        raw = index.read(sample_id, "flac") if meta.get("has_audio", True) is not False else None
         if raw is None and spec.audio.required:
             raise SkipSample("no_audio")
         sample["has_audio"] = raw is not None

@@ -100,6 +100,14 @@ def mixture_state(state: dict) -> tuple[dict, dict | None]:
     return {"batches": 0, "sources": {"default": int(position)}}, plan
 
 
+def describe(position: dict) -> str:
+    """A loader position as a person reads it: the sample position of a single source, else each source's."""
+    sources = position["sources"]
+    if len(sources) == 1:
+        return str(next(iter(sources.values())))
+    return f"batch {position['batches']} (" + ", ".join(f"{k} {v}" for k, v in sources.items()) + ")"
+
+
 def plan_differences(saved: dict, current: dict) -> list[str]:
     return [f"{k}: checkpoint {saved.get(k)!r}, this run {current.get(k)!r}"
             for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]

@@ -19,20 +19,12 @@ from ivtrain.data.loader import MixtureStream, Source, close_loader, fresh_posit
 from ivtrain.data.samples import SKIP_REASONS
 from ivtrain.data.spec import check_source
 from ivtrain.devices import pick_device
-from ivtrain.engine.checkpoint import Checkpoints, plan_differences
+from ivtrain.engine.checkpoint import Checkpoints, describe, plan_differences
 from ivtrain.engine.deepspeed_setup import ResumeError, recipe_deepspeed_config, undo_initialization_step
 from ivtrain.engine.distributed import DistContext, setup_distributed
 from ivtrain.engine.metrics import MetricsSink, memory_gb, peak_flops
 from ivtrain.export import write_export
 from ivtrain.optim import lr_factor, resolve_schedule
-
-
-def describe(position: dict) -> str:
-    """A loader position as a person reads it: the sample position of a single source, else each source's."""
-    sources = position["sources"]
-    if len(sources) == 1:
-        return str(next(iter(sources.values())))
-    return f"batch {position['batches']} (" + ", ".join(f"{k} {v}" for k, v in sources.items()) + ")"
 
 
 class SetupError(ValueError):

@@ -16,7 +16,6 @@ rows against the stream's sample ids, so the two orders part from there).
 """
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path

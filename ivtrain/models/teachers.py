@@ -269,37 +269,3 @@ class MotionTeacher(nn.Module):
         tokens = (self.num_frames // self.tubelet_size) * (self.image_size // self.patch_size) ** 2
         embed = patch_embed_flops(tokens, self.patch_size, self.tubelet_size, self.hidden_size)
         return embed + transformer_flops(tokens, self.hidden_size, self.mlp_size, self.depth)
-
-
-def save_tiny_clip_teacher(path: str | Path, image_size: int = 32, patch_size: int = 8, hidden: int = 48,
-                           layers: int = 3, projection_dim: int = 32, seed: int = 0) -> Path:
-    """Write a randomly initialized tiny CLIP image tower (with projection) to `path` (tests, demos)."""
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    torch.manual_seed(seed)
-    cfg = CLIPVisionConfig(image_size=image_size, patch_size=patch_size, hidden_size=hidden,
-                           intermediate_size=hidden * 2, num_hidden_layers=layers, num_attention_heads=4,
-                           projection_dim=projection_dim)
-    CLIPVisionModelWithProjection(cfg).save_pretrained(path)
-    return Path(path)
-
-
-def tiny_videomae_config(image_size: int = 32, patch_size: int = 8, num_frames: int = 8, hidden: int = 48,
-                         layers: int = 3):
-    from transformers import VideoMAEConfig
-
-    return VideoMAEConfig(image_size=image_size, patch_size=patch_size, num_frames=num_frames, tubelet_size=2,
-                          hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-                          num_attention_heads=4, decoder_hidden_size=64, decoder_intermediate_size=128,
-                          decoder_num_hidden_layers=2, decoder_num_attention_heads=4,
-                          use_mean_pooling=False,  # keep the final LayerNorm, as the released pretraining encoder
-                          norm_pix_loss=False)  # flat synthetic patches make per-patch normalized targets noise
-
-
-def save_tiny_videomae_teacher(path: str | Path, seed: int = 0, **kwargs) -> Path:
-    """Write a randomly initialized tiny VideoMAE to `path` (tests, demos)."""
-    from transformers import VideoMAEModel
-
-    torch.manual_seed(seed)
-    VideoMAEModel(tiny_videomae_config(**kwargs)).save_pretrained(path)
-    return Path(path)

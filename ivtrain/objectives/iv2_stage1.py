@@ -287,7 +287,7 @@ class IV2Stage1(Objective):
     def write_tiny_assets(cls, out) -> dict[str, str]:
         """The tiny recipe's teachers: a random tiny CLIP image tower and a random tiny VideoMAE (32 px, patch 8,
         8 frames, tubelet 2), on the tiny student's 4 x 4 x 4 grid."""
-        from ivtrain.models.teachers import save_tiny_clip_teacher, save_tiny_videomae_teacher
+        from ivtrain.tiny_teachers import save_tiny_clip_teacher, save_tiny_videomae_teacher
 
         out = Path(out)
         return {"tiny_clip": str(save_tiny_clip_teacher(out / "tiny_clip")),

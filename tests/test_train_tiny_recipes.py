@@ -1,0 +1,55 @@
+"""`iv models tiny DIR` writes every tiny model the tiny recipes read, and each tiny recipe then trains on its default
+data (the demo corpus's shard sets, as `make demo` lays them out) with nothing set but `assets=DIR`."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ivtrain.config import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = sorted(p for p in (ROOT / "recipes").glob("*_tiny.yaml") if "objective:" in p.read_text())
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, real_videos):
+    """A working directory holding what the tiny recipes' default data paths name: the demo corpus's shards."""
+    from ivdata.pipeline import build_corpus, shard
+    from ivdata.stages.shard import ShardConfig
+
+    home = tmp_path_factory.mktemp("home")
+    corpus = build_corpus("demo", [real_videos], home=home, cut="reencode", short_side=64, shard_maxcount=4)
+    shard(corpus, ShardConfig(subset="all", shardset="deduped", maxcount=4))
+    return home
+
+
+def iv(*args, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "IVKIT_HOME": str(cwd)}
+    return subprocess.run([sys.executable, "-c", "from cli import app; app()", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def assets(home):
+    proc = iv("models", "tiny", "tiny_models", cwd=home)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return home / "tiny_models"
+
+
+def test_models_tiny_writes_training_and_annotation_models(assets):
+    for name in ("tiny_clip", "tiny_videomae", "annotate/captioner", "annotate/tagger", "annotate/llm"):
+        assert (assets / name / "config.json").is_file(), name
+
+
+@pytest.mark.parametrize("recipe", TINY, ids=lambda p: p.stem)
+def test_every_tiny_recipe_trains_with_only_assets_set(home, assets, recipe):
+    proc = iv("train", str(recipe), "--set", f"assets={assets}", cwd=home)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    loaded = load_recipe(recipe, [f"assets={assets}"])
+    run = home / loaded.train.out_dir
+    rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    assert rows and rows[-1]["step"] == loaded.train.steps
+    assert (run / "export.json").is_file()
