@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 LIST_EXTS = {".csv", ".jsonl", ".json", ".parquet"}
-CAPTION_COLUMNS = ("caption", "TEXT", "text", "Caption", "name")
+CAPTION_COLUMNS = ("caption", "TEXT", "text", "Caption")     # a generic list's caption, by these names
 
 
 class SourceError(ValueError):
@@ -169,7 +169,7 @@ def _generic(rec: dict, where: str, root: _MediaRoot | None, list_dir: Path) -> 
     else:
         p = Path(loc)
         row["path"] = str(p if p.is_absolute() else ((root.root if root else list_dir) / p))
-    row["caption"] = _caption(rec, CAPTION_COLUMNS[:-1])
+    row["caption"] = _caption(rec, CAPTION_COLUMNS)
     row["start"] = seconds(rec.get("start"), where, "start")
     row["end"] = seconds(rec.get("end"), where, "end")
     return row
