@@ -81,6 +81,7 @@ bench: setup
 	$(BIN)/python bench/train_loader.py
 	$(BIN)/python bench/universal_conversion.py
 	$(BIN)/python bench/shard_index.py
+	$(BIN)/python bench/image_text_build.py
 
 # Rewrite constraints-lock.txt from this venv (after the suites passed in it), keeping the file's header.
 # Anything it still installs goes in under constraints.txt alone: the old lock would downgrade what an
