@@ -178,15 +178,14 @@ def cut_reencode(src: str, out: Path, start: float, end: float, short_side: int 
         return source.reencode(out, start, end, short_side, fps, crf, preset, audio, x264_params)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pkt:
+    packet: av.Packet       # the demuxed packet itself: muxed as it is, its bytes never copied
     video: bool
-    data: bytes
-    pts: int
+    pts: int                # as demuxed (muxing rewrites the packet's own)
     dts: int | None
     duration: int
     tb: float
-    time_base: Fraction
     is_keyframe: bool
 
     @property
@@ -208,9 +207,9 @@ def _collect_gops(inp, vin, ain, start: float, end: float) -> tuple[list[_Pkt], 
         for pkt in inp.demux(*streams):
             if pkt.size == 0 or pkt.pts is None:
                 continue
-            video = pkt.stream.index == vin.index
-            p = _Pkt(video, bytes(pkt), pkt.pts, pkt.dts, pkt.duration or 0, tbs[pkt.stream.index],
-                     pkt.time_base, bool(pkt.is_keyframe))
+            index = pkt.stream_index
+            video = index == vin.index
+            p = _Pkt(pkt, video, pkt.pts, pkt.dts, pkt.duration or 0, tbs[index], bool(pkt.is_keyframe))
             t = p.time
             if video and p.is_keyframe:
                 if k0 is None or t <= start + EPS:
@@ -247,10 +246,9 @@ def _mux(vin, ain, tmp: Path, packets: list[_Pkt], t0: float) -> None:
             if stream is None:
                 continue
             off = v_off if p.video else int(round(t0 / p.tb))
-            pkt = av.Packet(p.data)
+            pkt = p.packet                    # keeps its stream's time base: mux rescales from it
             pkt.pts = p.pts - off
             pkt.dts = (p.dts - off) if p.dts is not None else None
-            pkt.duration, pkt.time_base, pkt.is_keyframe = p.duration, p.time_base, p.is_keyframe
             pkt.stream = stream
             outc.mux(pkt)
 

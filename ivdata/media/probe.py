@@ -66,7 +66,7 @@ def probe(path: str) -> ProbeResult:
         fps = float(rate) if rate else None
         first = _FirstFrame(vs)
         # Demux every video packet: cheap, and the only honest frame count for a damaged file.
-        npackets, last_end = 0, 0.0
+        npackets, end_pts = 0, None
         try:
             for pkt in container.demux(vs):
                 if pkt.size == 0:
@@ -74,12 +74,13 @@ def probe(path: str) -> ProbeResult:
                 npackets += 1
                 first.feed(pkt)
                 if pkt.pts is not None:
-                    t = float((pkt.pts + (pkt.duration or 0)) * pkt.time_base)
-                    last_end = max(last_end, t)
+                    end = pkt.pts + (pkt.duration or 0)
+                    end_pts = end if end_pts is None or end > end_pts else end_pts
         except av.FFmpegError as e:
             raise MediaError(f"damaged stream after {npackets} packets: {_msg(e)}") from e
         if npackets == 0:
             raise MediaError("video stream has no frames")
+        last_end = max(float(end_pts * vs.time_base), 0.0) if end_pts is not None else 0.0
         declared = vs.frames or 0
         if declared and npackets < 0.95 * declared:
             raise MediaError(f"truncated: {npackets} of {declared} frames present")
