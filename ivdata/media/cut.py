@@ -21,11 +21,12 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from ivdata.fsutil import temp_name
 
 from ivdata.media.audio import decode_audio, decode_audio_from, encode_audio
-from ivdata.media.probe import MediaError, _msg
+from ivdata.media.probe import MediaError, _msg, decode_threads
 
 EPS = 1e-6
 
@@ -58,6 +59,7 @@ class ClipSource:
         if not self.inp.streams.video:
             self.inp.close()
             raise MediaError("the source has no video stream")
+        decode_threads(self.inp.streams.video[0])
 
     def close(self) -> None:
         self.inp.close()
@@ -125,10 +127,13 @@ class ClipSource:
                     arate = ain.codec_context.sample_rate
                     aout = outc.add_stream("aac", rate=arate)
                     aout.layout = "stereo" if (ain.codec_context.channels or 1) >= 2 else "mono"
-                n = 0
+                n, frame_time = 0, 1 / out_rate
+                # one scaler for the clip: frame.reformat() builds a new one per frame, whose set-up for an
+                # area filter cost more than the scaling
+                scaler = VideoReformatter()
                 for frame in _frames_in_span(inp, vin, start, end, out_rate, src_rate):
-                    f = frame.reformat(width=w, height=h, format="yuv420p", interpolation="AREA")
-                    f.pts, f.time_base = n, 1 / out_rate
+                    f = scaler.reformat(frame, width=w, height=h, format="yuv420p", interpolation="AREA")
+                    f.pts, f.time_base = n, frame_time
                     n += 1
                     for pkt in vout.encode(f):
                         outc.mux(pkt)

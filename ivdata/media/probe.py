@@ -135,6 +135,17 @@ class _FirstFrame:
         return self.frame
 
 
+def decode_threads(stream) -> None:
+    """Decode `stream` in as many threads as this process has cores (cores_per_worker): one per worker in
+    a pool as large as the machine, where more threads only add switching."""
+    from ivdata.runtime.executor import cores_per_worker
+    threads = cores_per_worker()
+    if threads > 1:
+        stream.thread_type, stream.codec_context.thread_count = "AUTO", threads
+    else:
+        stream.codec_context.thread_count = 1
+
+
 def _msg(e: Exception) -> str:
     return str(e).split(": '")[0].strip()[:300]
 

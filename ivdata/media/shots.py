@@ -25,20 +25,16 @@ def decoded_frames(path: str, size: Callable[[int, int], tuple[int, int]], fmt: 
                    interpolation: str = "AREA", loop_filter: bool = True
                    ) -> Iterator[tuple[float, float, np.ndarray]]:
     """(fps, time_s, frame) for every frame, decoded in as many threads as this process has cores
-    (cores_per_worker) and scaled in swscale (one reused reformatter) to size(width, height). Times are the frames' own timestamps, not index / fps, so cut
+    (decode_threads) and scaled in swscale (one reused reformatter) to size(width, height). Times are the frames' own timestamps, not index / fps, so cut
     times stay right on variable-frame-rate sources. loop_filter=False skips the decoder's in-loop
     deblocking (H.264/HEVC), about a quarter of their decode time: the pictures drift by a fraction of a
     grey level, which a detector looking at frames shrunk tenfold does not see."""
     from av.video.reformatter import VideoReformatter
 
-    from ivdata.runtime.executor import cores_per_worker
+    from ivdata.media.probe import decode_threads
     with av.open(path) as c:
         vs = c.streams.video[0]
-        threads = cores_per_worker()
-        if threads > 1:
-            vs.thread_type, vs.codec_context.thread_count = "AUTO", threads
-        else:
-            vs.codec_context.thread_count = 1
+        decode_threads(vs)
         if not loop_filter:
             vs.codec_context.options = {**vs.codec_context.options, "skip_loop_filter": "all"}
         fps = float(vs.average_rate or vs.guessed_rate or 25)
