@@ -29,8 +29,8 @@ from ivdata.manifest import Manifest, utcnow
 from ivdata.shards.tar import KEY, WrittenShard, write_tar
 from ivdata.stages.base import Stage, StageStats, failed
 
-JSON_FIELDS = ("clip_id", "video_id", "source", "source_id", "start_s", "end_s", "duration_s", "fps",
-               "num_frames", "width", "height", "has_audio")
+JSON_FIELDS = ("clip_id", "video_id", "source", "source_id", "duration_s", "fps", "num_frames", "width", "height",
+               "has_audio")
 
 
 @dataclass
@@ -56,6 +56,12 @@ class ShardConfig:
 
 def sample_json(row: dict, captions: dict, scores: dict, include_labels: bool) -> dict:
     d = {k: row[k] for k in JSON_FIELDS}
+    # start_s/end_s: the span the mp4 holds, in seconds of its source (a stream copy starts at the keyframe
+    # at or before the span asked for and ends at the first one after it); requested_*: the span asked for
+    held = row.get("cut_start_s") is not None
+    d["start_s"] = row["cut_start_s"] if held else row["start_s"]
+    d["end_s"] = row["cut_end_s"] if held else row["end_s"]
+    d["requested_start_s"], d["requested_end_s"] = row["start_s"], row["end_s"]
     d["captions"], d["scores"] = captions, scores
     if include_labels:
         d["label"], d["split"] = row.get("label"), row.get("split")
