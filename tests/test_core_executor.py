@@ -47,15 +47,3 @@ def test_an_item_whose_submit_meets_a_broken_pool_is_not_lost(monkeypatch):
     got = dict(map_unordered(square_or_fail, [0, 1, 2, 4, 6], workers=2))
     assert got == {0: 0, 1: 1, 2: 4, 4: 16, 6: 36}
 
-
-def cores_of_worker(_: int) -> int:
-    from ivdata.runtime.executor import cores_per_worker
-    return cores_per_worker()
-
-
-def test_a_pool_worker_gets_its_share_of_the_cores():
-    """Decoders size their threads by this: a pool of two on this machine's cores gets half each (at least
-    one), a process running inline all of them."""
-    cores = os.cpu_count() or 1
-    assert cores_of_worker(0) == cores
-    assert {r for _, r in map_unordered(cores_of_worker, [1, 2, 3, 4], workers=2)} == {max(1, cores // 2)}

@@ -24,11 +24,12 @@ class ShotDetector(Protocol):
 def decoded_frames(path: str, size: Callable[[int, int], tuple[int, int]], fmt: str,
                    interpolation: str = "AREA", loop_filter: bool = True
                    ) -> Iterator[tuple[float, float, np.ndarray]]:
-    """(fps, time_s, frame) for every frame, decoded in as many threads as this process has cores
-    (decode_threads) and scaled in swscale (one reused reformatter) to size(width, height). Times are the frames' own timestamps, not index / fps, so cut
-    times stay right on variable-frame-rate sources. loop_filter=False skips the decoder's in-loop
-    deblocking (H.264/HEVC), about a quarter of their decode time: the pictures drift by a fraction of a
-    grey level, which a detector looking at frames shrunk tenfold does not see."""
+    """(fps, time_s, frame) for every frame, decoded in FFmpeg's threads (decode_threads) and scaled in
+    swscale (one reused reformatter) to size(width, height). Times are the frames' own timestamps, not
+    index / fps, so cut times stay right on variable-frame-rate sources. loop_filter=False skips the
+    decoder's in-loop deblocking (H.264/HEVC), about a quarter of their decode time: the pictures move by
+    about half a grey level on average (bikes.mp4), which a detector looking at frames shrunk tenfold for
+    changes of tens of levels does not notice."""
     from av.video.reformatter import VideoReformatter
 
     from ivdata.media.probe import decode_threads

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing as mp
-import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable, Iterator
@@ -40,20 +39,6 @@ def _is_media(e: Exception) -> bool:
 
 
 _POOLS: dict[int, ProcessPoolExecutor] = {}
-_POOL_SIZE = 0          # in a pool worker: how many workers its pool has (0 elsewhere)
-
-
-def _worker_init(pool_size: int) -> None:
-    global _POOL_SIZE
-    _POOL_SIZE = pool_size
-
-
-def cores_per_worker() -> int:
-    """The CPU cores this process may keep busy: its share of the machine in a pool of workers (a decoder
-    with more threads than that only adds switching: one thread per worker decoded the benchmark's videos
-    with 10-20 % less CPU than FFmpeg's automatic thread count), all of them elsewhere."""
-    cores = os.cpu_count() or 1
-    return max(1, cores // _POOL_SIZE) if _POOL_SIZE else cores
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
@@ -62,8 +47,7 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     pool = _POOLS.get(workers)
     if pool is None:
         # spawn: the parent holds a DuckDB connection and threads; forking that is not safe.
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                   initializer=_worker_init, initargs=(workers,))
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
         _POOLS[workers] = pool
     return pool
 
