@@ -10,7 +10,7 @@ fresh process (and a fresh corpus / output folder), `--workers` processes for ev
   remux limit    ffmpeg stream-copying every file (-c copy), `--workers` jobs at a time
   split path     ivkit ingest -> probe -> split (shots) -> cut (stream copy) -> shard
                  video2dataset cut detection + clipping (stream copy) into webdataset shards
-  no-split path  ivkit ingest -> probe -> split (whole) -> cut (stream copy) -> shard
+  no-split path  ivkit ingest -> probe -> split (whole) -> cut (stream copy) -> shard (also without FLAC)
                  video2dataset without subsamplers (the files as they are) into webdataset shards
   re-encode      ivkit as the split path with cut = re-encode, short side 224
                  video2dataset cut detection + clipping + ResolutionSubsampler (height 224)
@@ -151,10 +151,10 @@ def pyav_decode(files, workers, scratch):
     subprocess.run([sys.executable, __file__, "--pyav-decode", str(workers), *map(str, files)], check=True)
 
 
-def ivkit(split: str, cut: str):
+def ivkit(split: str, cut: str, flac: bool = True):
     def run(files, workers, scratch):
-        subprocess.run([sys.executable, __file__, "--ivkit", split, cut, str(workers), str(scratch), str(files[0].parent)],
-                       check=True, env={**os.environ, "IVKIT_PROGRESS": "0"})
+        subprocess.run([sys.executable, __file__, "--ivkit", split, cut, str(int(flac)), str(workers), str(scratch),
+                        str(files[0].parent)], check=True, env={**os.environ, "IVKIT_PROGRESS": "0"})
     return run
 
 
@@ -213,6 +213,7 @@ RUNS = {   # name -> (what it is, runner)
     "ivkit split": ("shots + stream-copy cut + shard", ivkit("shots", "copy")),
     "v2d split": ("cut detection + clipping (copy)", peer({**CUT_DETECTION, **CLIPPING})),
     "ivkit no-split": ("whole videos, stream copy, shard", ivkit("whole", "copy")),
+    "ivkit no-split, no FLAC": ("the same without the 16 kHz FLAC of each clip", ivkit("whole", "copy", flac=False)),
     "v2d no-split": ("files as they are, into shards", peer({})),
     "ivkit re-encode": (f"shots + re-encode (short side {SHORT_SIDE}) + shard", ivkit("shots", "reencode")),
     "v2d resize": (f"files into shards, then cut detection + clipping + resize (height {SHORT_SIDE})",
@@ -233,11 +234,19 @@ def count_outputs(name: str, scratch: Path) -> int | None:
 
 
 # ------------------------------------------------------------------------- in-process helpers (self-invoked)
-def _ivkit_main(split: str, cut: str, workers: int, home: Path, inputs: Path) -> None:
+def _ivkit_main(split: str, cut: str, flac: bool, workers: int, home: Path, inputs: Path) -> None:
     sys.path.insert(0, str(ROOT))
-    from ivdata.pipeline import build_corpus
-    build_corpus("peer", [inputs], home=home, split=split, cut=cut, short_side=SHORT_SIDE if cut == "reencode" else None,
-                 min_s=MIN_S, max_s=MAX_S, shard_maxcount=100, workers=workers)
+    from ivdata import pipeline
+    from ivdata.stages.cut import CutConfig
+    from ivdata.stages.shard import ShardConfig
+    from ivdata.stages.split import SplitConfig
+    corpus = pipeline.open_or_init("peer", home)
+    pipeline.ingest(corpus, [str(inputs)], workers=workers)
+    pipeline.probe(corpus, workers=workers)
+    pipeline.split(corpus, SplitConfig(method=split, min_s=MIN_S, max_s=MAX_S), workers=workers)
+    pipeline.cut(corpus, CutConfig(mode=cut, short_side=SHORT_SIDE if cut == "reencode" else None, flac=flac),
+                 workers=workers)
+    pipeline.shard(corpus, ShardConfig(maxcount=100), workers=workers)
 
 
 def _ivkit_clips(home: Path) -> None:
@@ -344,7 +353,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--ivkit":
-        _ivkit_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), Path(sys.argv[5]), Path(sys.argv[6]))
+        _ivkit_main(sys.argv[2], sys.argv[3], sys.argv[4] == "1", int(sys.argv[5]), Path(sys.argv[6]), Path(sys.argv[7]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--ivkit-clips":
         _ivkit_clips(Path(sys.argv[2]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--pyav-decode":
