@@ -46,4 +46,3 @@ def test_an_item_whose_submit_meets_a_broken_pool_is_not_lost(monkeypatch):
     monkeypatch.setattr(executor, "_pool", lambda workers: BreaksOnThirdSubmit(real_pool(workers)))
     got = dict(map_unordered(square_or_fail, [0, 1, 2, 4, 6], workers=2))
     assert got == {0: 0, 1: 1, 2: 4, 4: 16, 6: 36}
-
