@@ -13,7 +13,8 @@ fresh process (and a fresh corpus / output folder), `--workers` processes for ev
   no-split path  ivkit ingest -> probe -> split (whole) -> cut (stream copy) -> shard (also without FLAC)
                  video2dataset without subsamplers (the files as they are) into webdataset shards
   re-encode      ivkit as the split path with cut = re-encode, short side 224
-                 video2dataset cut detection + clipping + ResolutionSubsampler (height 224)
+                 video2dataset files into shards, then its subset stage: cut detection + clipping +
+                 ResolutionSubsampler (height 224) (its download stage fails on a ResolutionSubsampler)
 Both tools get the same clip rules: clips of at least 2 s, at most 30 s. The ffmpeg both limits use is
 the one video2dataset runs (imageio-ffmpeg's static build); ivkit decodes with PyAV's FFmpeg libraries,
 so a PyAV decode of the same files (`--workers` processes) is reported beside it.
@@ -80,7 +81,8 @@ def install_peer() -> dict:
         [str(peer_python()), "-c", "import importlib.metadata as m, json; print(json.dumps({p: m.version(p) for p in "
          "('video2dataset', 'scenedetect', 'opencv-python', 'numpy', 'torch', 'ffmpeg-python', 'webdataset')}))"],
         check=True, capture_output=True, text=True).stdout
-    ffmpeg_version = subprocess.run([str(link), "-version"], capture_output=True, text=True).stdout.split("\n")[0]
+    ffmpeg_version = subprocess.run([str(link), "-version"], capture_output=True, text=True).stdout.split(" Copyright")[0]
+    ffmpeg_version = ffmpeg_version.removeprefix("ffmpeg version ")
     return {**json.loads(versions), "ffmpeg": ffmpeg_version}
 
 
@@ -329,7 +331,7 @@ def main() -> None:
     loads = [l[0] for l in load]
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     text = "\n".join([
-        f"### Run of {stamp}",
+        f"## ivkit beside video2dataset 1.3.0 and ffmpeg (bench/peer_video2dataset.py), run of {stamp}",
         "",
         f"Machine: {machine()}. Load average (1 min) during the run: {min(loads):.1f}-{max(loads):.1f} "
         f"(median {statistics.median(loads):.1f}) on {os.cpu_count()} cores.",
