@@ -11,7 +11,7 @@ endif
 export PIP_CONSTRAINT := $(CONSTRAINTS)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test test-slow bench lock clean chromium
+.PHONY: setup demo test test-slow bench bench-peer lock clean chromium
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -82,6 +82,11 @@ bench: setup
 	$(BIN)/python bench/universal_conversion.py
 	$(BIN)/python bench/shard_index.py
 	$(BIN)/python bench/image_text_build.py
+
+# ivkit beside video2dataset 1.3.0 (installed into its own venv under bench/out, ~6 GB, once) and ffmpeg's
+# decode and remux limits, on the same 60 real files; appends its table to bench/RESULTS.md.
+bench-peer: setup
+	$(BIN)/python bench/peer_video2dataset.py
 
 # Rewrite constraints-lock.txt from this venv (after the suites passed in it), keeping the file's header.
 # Anything it still installs goes in under constraints.txt alone: the old lock would downgrade what an

@@ -121,3 +121,27 @@ def test_cut_with_other_settings_is_refused_unless_allowed(tmp_path, monkeypatch
                               "--allow-mixed-options"])
     assert res.exit_code == 0, res.output
     assert [(r["status"], r["height"]) for r in _clips(c)] == [("ok", 96), ("ok", 64)]
+
+
+def test_a_clip_failed_after_its_mp4_was_placed_leaves_no_store_file(tmp_path, monkeypatch):
+    """The clip's FLAC fails after its mp4 was renamed into the store: the clip is recorded failed, and the
+    next cut run (even one with nothing to cut) removes the mp4 that no row names."""
+    import ivdata.stages.cut as cut_stage
+    from ivdata.media.probe import MediaError
+
+    video = make_video(tmp_path / "in" / "v.mp4", seconds=3, audio="tone", seed=1)
+    c = _split_corpus(tmp_path, "placed", [video])
+
+    def flac_fails(*args, **kwargs):
+        raise MediaError("the FLAC encoder failed")
+    monkeypatch.setattr(cut_stage, "write_flac", flac_fails)
+    pipeline.cut(c, CutConfig(mode="copy"))                 # inline: the patched encoder runs
+    (clip,) = _clips(c)
+    assert clip["status"] == "failed" and clip["error"] == "the FLAC encoder failed" and clip["path"] is None
+    assert len(_store_files(c)) == 1                         # the placed mp4
+    monkeypatch.undo()
+    pipeline.cut(c, CutConfig(mode="copy"))                 # the failed clip is not retried ...
+    assert not _store_files(c)                               # ... but what it left in the store is gone
+    pipeline.cut(c, CutConfig(mode="copy"), retry_failed=True)
+    (clip,) = _clips(c)
+    assert clip["status"] == "ok" and _store_files(c) == {clip["path"], clip["audio_path"]}

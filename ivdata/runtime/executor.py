@@ -25,7 +25,12 @@ def _call(fn: Callable, item: Any):
     try:
         return True, fn(item)
     except Exception as e:  # the item fails, the run goes on
-        return False, f"{type(e).__name__}: {e}" if not _is_media(e) else str(e)
+        return False, failure_reason(e)
+
+
+def failure_reason(e: Exception) -> str:
+    """What the manifest records for a failed item: a media fault's own sentence, else the exception."""
+    return str(e) if _is_media(e) else f"{type(e).__name__}: {e}"
 
 
 def _is_media(e: Exception) -> bool:

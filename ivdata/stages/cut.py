@@ -33,12 +33,17 @@ from pathlib import Path
 from ivdata.corpus import Corpus
 from ivdata.fsutil import atomic_write_text, changed_since, hash_file, stamp
 from ivdata.manifest import Manifest
-from ivdata.media.audio import decode_audio, write_flac
-from ivdata.media.cut import cut_copy, cut_reencode
-from ivdata.media.probe import MediaError, probe
+from ivdata.media.audio import write_flac
+from ivdata.media.cut import ClipSource
+from ivdata.media.probe import MediaError
+from ivdata.runtime.executor import failure_reason
 from ivdata.stages.base import Stage, StageConfigError, StageStats, failed
 
 MODES = ("copy", "reencode")
+# Stream-copied clips cost less than opening their source, so a worker gets up to this many clips of one
+# source at a time (one open); a long video's many clips still spread over the workers. A re-encode costs
+# far more than the open: re-encoded clips go one per item.
+COPY_CLIPS_PER_ITEM = 16
 STORE_NAME = re.compile(r"[0-9a-f]{64}\.(mp4|flac)")
 
 
@@ -147,10 +152,11 @@ class CutStage(Stage):
         self._remove_orphans(m)
         shutil.rmtree(self.incoming, ignore_errors=True)
         self.incoming.mkdir(parents=True, exist_ok=True)
-        return m.rows("SELECT c.clip_id, c.video_id, c.start_s, c.end_s, v.path AS src, v.bytes AS src_bytes, "
+        rows = m.rows("SELECT c.clip_id, c.video_id, c.start_s, c.end_s, v.path AS src, v.bytes AS src_bytes, "
                       "v.mtime_ns AS src_mtime_ns, v.sha256 AS src_sha256 FROM clips c "
                       f"JOIN videos v USING (video_id) WHERE c.status IN {self._todo_filter(retry_failed)} "
                       "ORDER BY c.clip_id")
+        return by_source(rows, COPY_CLIPS_PER_ITEM if self.cfg.mode == "copy" else 1)
 
     def _remove_orphans(self, m: Manifest) -> None:
         """Store files a killed run placed whose clips were never recorded (journals in incoming/)."""
@@ -173,24 +179,38 @@ class CutStage(Stage):
     def _journal(self, clip_id: str) -> Path:
         return self.incoming / f"{clip_id}.placed"
 
-    def work(self, item: dict) -> dict:
-        cfg, store, src = self.cfg, self.corpus.clips_dir, item["src"]
+    def work(self, item: dict) -> list[dict]:
+        """Cut the clips of one item (clips of one source) from one open of the source. A fault of the source
+        (changed since ingest, does not open) fails the item, i.e. each of its clips; a fault of one clip
+        fails that clip: {"clip_id", "error"} in its place."""
+        src = item["src"]
         why = changed_since(src, item["src_bytes"], item["src_mtime_ns"], item["src_sha256"])
         if why:
             raise SourceChanged(f"source changed since ingest ({why}): not cut; restore the file and rerun "
                                 "with --retry-failed, or ingest the new file as a new video")
         before = stamp(src)
-        staged = self.incoming / f"{item['clip_id']}.mp4"
+        out = []
+        with ClipSource(src) as source:
+            for clip in item["clips"]:
+                try:
+                    out.append(self._cut(source, clip, before))
+                except Exception as e:
+                    out.append({"clip_id": clip["clip_id"], "error": failure_reason(e)})
+        return out
+
+    def _cut(self, source: ClipSource, clip: dict, before) -> dict:
+        cfg, store = self.cfg, self.corpus.clips_dir
+        staged = self.incoming / f"{clip['clip_id']}.mp4"
         try:
             if cfg.mode == "copy":
-                r = cut_copy(src, staged, item["start_s"], item["end_s"])
+                r = source.copy(staged, clip["start_s"], clip["end_s"])
             else:
-                r = cut_reencode(src, staged, item["start_s"], item["end_s"], cfg.short_side, cfg.fps,
-                                 cfg.crf, cfg.preset, x264_params=cfg.x264_params)
-            if stamp(src) != before:
+                r = source.reencode(staged, clip["start_s"], clip["end_s"], cfg.short_side, cfg.fps, cfg.crf,
+                                    cfg.preset, x264_params=cfg.x264_params)
+            if stamp(source.src) != before:
                 raise SourceChanged("source changed while it was being cut: not cut")
-            facts = probe(str(staged))        # record what the file really holds
-            short = shortfall(item["end_s"] - item["start_s"], facts.num_frames, facts.fps, cfg.min_coverage)
+            # r is what was written (frames muxed, their span, size, rate, audio): the file's facts
+            short = shortfall(clip["end_s"] - clip["start_s"], r.num_frames, r.fps, cfg.min_coverage)
             if short:
                 raise MediaError(short)
             sha, nbytes = hash_file(staged)
@@ -200,42 +220,65 @@ class CutStage(Stage):
         final = store / sha[:2] / f"{sha}.mp4"
         final.parent.mkdir(parents=True, exist_ok=True)
         placed = [str(final)]
-        atomic_write_text(self._journal(item["clip_id"]), "\n".join(placed))
+        atomic_write_text(self._journal(clip["clip_id"]), "\n".join(placed))
         os.replace(staged, final)
         audio_path = None
-        if cfg.flac and facts.has_audio:
+        if cfg.flac and r.has_audio:
             flac = final.with_suffix(".flac")
             if not flac.exists():
-                samples, rate = decode_audio(str(final), 0.0, None, rate=16000, mono=True)
+                samples, rate = source.audio(r.start_s, r.end_s, rate=16000, mono=True)
                 if samples is not None and samples.size:
-                    staged_flac = self.incoming / f"{item['clip_id']}.flac"
+                    staged_flac = self.incoming / f"{clip['clip_id']}.flac"
                     write_flac(samples, rate, staged_flac)
                     placed.append(str(flac))
-                    atomic_write_text(self._journal(item["clip_id"]), "\n".join(placed))
+                    atomic_write_text(self._journal(clip["clip_id"]), "\n".join(placed))
                     os.replace(staged_flac, flac)
             audio_path = str(flac) if flac.exists() else None
-        return {"cut_mode": cfg.mode, "cut_start_s": r.start_s, "cut_end_s": r.end_s, "path": str(final),
-                "audio_path": audio_path, "sha256": sha, "bytes": nbytes,
-                "duration_s": round(facts.num_frames / facts.fps, 6) if facts.fps else facts.duration_s,
-                "num_frames": facts.num_frames, "fps": facts.fps, "width": facts.width, "height": facts.height,
-                "has_audio": facts.has_audio, "cut_options": json.dumps(cfg.options(), sort_keys=True)}
+        return {"clip_id": clip["clip_id"], "cut_mode": cfg.mode, "cut_start_s": r.start_s, "cut_end_s": r.end_s,
+                "path": str(final), "audio_path": audio_path, "sha256": sha, "bytes": nbytes,
+                "duration_s": round(r.duration_s, 6), "num_frames": r.num_frames, "fps": r.fps, "width": r.width,
+                "height": r.height, "has_audio": r.has_audio, "cut_options": json.dumps(cfg.options(), sort_keys=True)}
 
     def record(self, m: Manifest, done: list, stats: StageStats) -> None:
         cols = ("cut_mode", "cut_start_s", "cut_end_s", "path", "audio_path", "sha256", "bytes", "duration_s",
                 "num_frames", "fps", "width", "height", "has_audio", "cut_options")
         rows = []
         for item, res in done:
-            row = {"clip_id": item["clip_id"], **{c: None for c in cols}}
-            if failed(res):
-                row.update(status="failed", error=res.reason)
-                stats.failed += 1
-            else:
-                row.update(res, status="ok", error=None)
-                stats.ok += 1
-                stats.media_seconds += res["duration_s"] or 0.0
-            rows.append(row)
+            for out in _outcomes(item, res):
+                row = {"clip_id": out["clip_id"], **{c: None for c in cols}}
+                if "error" in out:
+                    row.update(status="failed", error=out["error"])
+                    stats.failed += 1
+                else:
+                    row.update({c: out[c] for c in cols}, status="ok", error=None)
+                    stats.ok += 1
+                    stats.media_seconds += out["duration_s"] or 0.0
+                rows.append(row)
         m.update_rows("clips", "clip_id", rows)
 
     def committed(self, batch: list) -> None:
-        for item, _ in batch:                 # the rows name these files now: nothing left to clean up
-            self._journal(item["clip_id"]).unlink(missing_ok=True)
+        # a clip recorded ok names its files now: nothing left to clean up. A failed clip keeps its journal:
+        # what it placed before failing (its mp4, when the audio failed) is removed by the next run unless a
+        # row names it.
+        for item, res in batch:
+            for out in _outcomes(item, res):
+                if "error" not in out:
+                    self._journal(out["clip_id"]).unlink(missing_ok=True)
+
+
+def _outcomes(item: dict, res) -> list[dict]:
+    """Per-clip outcomes of an item; a failed item fails each of its clips with its reason."""
+    if failed(res):
+        return [{"clip_id": c["clip_id"], "error": res.reason} for c in item["clips"]]
+    return res
+
+
+def by_source(rows: list[dict], most: int) -> list[dict]:
+    """Clip rows (ordered by clip_id, so a video's clips are adjacent) -> items of at most `most` clips of one
+    source each."""
+    items: list[dict] = []
+    for r in rows:
+        if not items or items[-1]["video_id"] != r["video_id"] or len(items[-1]["clips"]) >= most:
+            items.append({k: r[k] for k in ("video_id", "src", "src_bytes", "src_mtime_ns", "src_sha256")} | {"clips": []})
+        items[-1]["clips"].append({k: r[k] for k in ("clip_id", "start_s", "end_s")})
+    return items

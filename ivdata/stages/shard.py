@@ -51,8 +51,8 @@ from ivdata.shards.layout import layout_hash
 from ivdata.shards.tar import KEY, WrittenShard, write_tar
 from ivdata.stages.base import Stage, StageConfigError, StageStats, failed
 
-JSON_FIELDS = ("clip_id", "video_id", "media", "source", "source_id", "start_s", "end_s", "duration_s", "fps",
-               "num_frames", "width", "height")
+JSON_FIELDS = ("clip_id", "video_id", "media", "source", "source_id", "duration_s", "fps", "num_frames", "width",
+               "height")
 CONVERSATION_FIELDS = ("conversation_id", "dataset", "task", "format", "entry_id")
 UNITS = ("clips", "conversations")
 FLAC_RATE = 16000
@@ -134,6 +134,12 @@ def drop_none(d: dict) -> dict:
 
 def sample_json(row: dict, captions: dict, scores: dict, include_labels: bool, has_audio: bool) -> dict:
     d = drop_none({k: row.get(k) for k in JSON_FIELDS})
+    # start_s/end_s: the span the mp4 holds, in seconds of its source (a stream copy starts at the keyframe
+    # at or before the span asked for and ends at the first one after it); requested_*: the span asked for
+    held = row.get("cut_start_s") is not None
+    d.update(drop_none({"start_s": row.get("cut_start_s") if held else row.get("start_s"),
+                        "end_s": row.get("cut_end_s") if held else row.get("end_s"),
+                        "requested_start_s": row.get("start_s"), "requested_end_s": row.get("end_s")}))
     d["has_audio"] = bool(has_audio)
     d["captions"], d["scores"] = captions, scores
     if include_labels:

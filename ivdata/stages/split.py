@@ -92,9 +92,11 @@ class SplitStage(Stage):
                                    + f": {type(e).__name__}: {e}") from e
 
     def pending(self, m: Manifest, retry_failed: bool) -> list[dict]:
+        # the videos that take longest to decode first (frames x pixels): the workers' last items are short
+        # ones, so none sits idle while another finishes a long video
         q = ("SELECT v.video_id, v.path, v.duration_s FROM videos v LEFT JOIN splits s USING (video_id) "
              "WHERE v.status = 'probed' AND (s.video_id IS NULL" + (" OR s.status = 'failed')" if retry_failed else ")")
-             + " ORDER BY v.video_id")
+             + " ORDER BY coalesce(v.num_frames, 0) * coalesce(v.width, 0) * coalesce(v.height, 0) DESC, v.video_id")
         items = m.rows(q)
         if self.cfg.method == "spans":
             spans: dict[str, list] = {}
