@@ -61,9 +61,11 @@ class Encoded:
                 "labels": torch.tensor(self.labels, dtype=torch.long)}
 
 
-def to_messages(turns: list[dict], media: str, markers: MediaMarkers = MediaMarkers()) -> list[dict]:
+def to_messages(turns: list[dict], media: str, markers: MediaMarkers = MediaMarkers(),
+                answered: bool = True) -> list[dict]:
     """Turns -> chat messages {role, content}, the media placeholder replaced by the markers around VISION (placed
-    at the start of the first user message when no turn has a placeholder)."""
+    at the start of the first user message when no turn has a placeholder). answered: an answer is required (a
+    training sample; a chat's question has none yet)."""
     if not isinstance(turns, list) or not turns:
         raise ConversationError("a conversation is a non-empty list of {from, value} turns")
     messages = []
@@ -72,7 +74,7 @@ def to_messages(turns: list[dict], media: str, markers: MediaMarkers = MediaMark
         if who not in ROLES or not isinstance(text, str):
             raise ConversationError(f"turn {turn!r:.80} is not {{from: system|human|gpt, value: text}}")
         messages.append({"role": ROLES[who], "content": text.replace(VISION, "")})
-    if not any(m["role"] == "assistant" for m in messages):
+    if answered and not any(m["role"] == "assistant" for m in messages):
         raise ConversationError("the conversation has no answer (gpt turn)")
     users = [m for m in messages if m["role"] == "user"]
     if not users:

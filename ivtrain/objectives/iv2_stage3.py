@@ -95,12 +95,16 @@ class IV2Stage3(Objective):
     def __init__(self, recipe: Recipe, device: torch.device, dist=None):
         super().__init__(recipe, device, dist)
         cfg, data = recipe.section, recipe.data
-        self.text = TextSettings(cfg.llm.path, cfg.llm.chat_template, cfg.qformer.bert if cfg.qformer.text_input else "",
-                                 cfg.max_text_len, cfg.qformer.max_text_len,
-                                 MediaMarkers(tuple(cfg.video_markers), tuple(cfg.image_markers)), cfg.caption_prompt)
+        self.text = self.text_settings(cfg)
         self.text.llm_tokenizer()   # a missing directory or chat template fails here, before any worker starts
         self.trainable = build_videochat(cfg, data.num_frames, data.image_size, recipe.train.bf16)
         self.trainable.to(device).train()
+
+    @staticmethod
+    def text_settings(cfg: Stage3Config) -> TextSettings:
+        return TextSettings(cfg.llm.path, cfg.llm.chat_template, cfg.qformer.bert if cfg.qformer.text_input else "",
+                            cfg.max_text_len, cfg.qformer.max_text_len,
+                            MediaMarkers(tuple(cfg.video_markers), tuple(cfg.image_markers)), cfg.caption_prompt)
 
     def sample_spec(self) -> SampleSpec:
         cfg, data = self.recipe.section, self.recipe.data
