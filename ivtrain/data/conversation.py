@@ -12,8 +12,9 @@ vision place and at every answer boundary, so the prompt a chat renders at infer
 in training.
 
 Longer than the text limit (vision tokens not counted): later exchanges are dropped whole; if the first exchange
-alone is too long, its question is shortened from the start (its end, which usually holds the question, stays),
-and only then is the answer cut at the limit. What was dropped is counted on the result.
+alone is too long, its question is shortened from the start (its end, which usually holds the question, stays) when
+that lets the answer fit whole, and otherwise the answer is cut at the limit (the question giving up tokens only
+when it would leave less than half the limit to the answer). What was dropped is counted on the result.
 """
 from __future__ import annotations
 
@@ -62,10 +63,11 @@ class Encoded:
 
 
 def to_messages(turns: list[dict], media: str, markers: MediaMarkers = MediaMarkers(),
-                answered: bool = True) -> list[dict]:
+                answered: bool = True, fold_system: bool = False) -> list[dict]:
     """Turns -> chat messages {role, content}, the media placeholder replaced by the markers around VISION (placed
     at the start of the first user message when no turn has a placeholder). answered: an answer is required (a
-    training sample; a chat's question has none yet)."""
+    training sample; a chat's question has none yet). fold_system: for templates without a system role, the
+    system text opens the first question instead."""
     if not isinstance(turns, list) or not turns:
         raise ConversationError("a conversation is a non-empty list of {from, value} turns")
     messages = []
@@ -79,6 +81,11 @@ def to_messages(turns: list[dict], media: str, markers: MediaMarkers = MediaMark
     users = [m for m in messages if m["role"] == "user"]
     if not users:
         raise ConversationError("the conversation has no question (human turn)")
+    if fold_system:
+        system = "\n".join(m["content"] for m in messages if m["role"] == "system")
+        messages = [m for m in messages if m["role"] != "system"]
+        if system:
+            users[0]["content"] = f"{system}\n\n{users[0]['content']}"
     wrap = markers.wrap(media)
     for m in users:
         for placeholder in PLACEHOLDERS.values():
@@ -94,6 +101,26 @@ def to_messages(turns: list[dict], media: str, markers: MediaMarkers = MediaMark
         for placeholder in PLACEHOLDERS.values():
             m["content"] = m["content"].replace(placeholder, "")
     return messages
+
+
+PROBE = [{"from": "system", "value": "Answer briefly."}, {"from": "human", "value": "<video>\nWhat moves?"},
+         {"from": "gpt", "value": "A square."}, {"from": "human", "value": "Where to?"}, {"from": "gpt", "value": "Left."}]
+
+
+def check_template(tokenizer, markers: MediaMarkers = MediaMarkers()) -> bool:
+    """Whether the chat template needs the system text folded into the first question (it has no system role);
+    raises ConversationError when it cannot serve at all (answers not told from prompts, the media place lost)."""
+    for fold in (False, True):
+        try:
+            enc = encode_messages(tokenizer, to_messages(PROBE, "video", markers, fold_system=fold))
+        except ConversationError as e:
+            if fold:
+                raise ConversationError(f"the chat template cannot serve training: {e}") from None
+            continue
+        if len(enc.answer_ends) != 2:
+            raise ConversationError("the chat template does not render every answer of a two-turn conversation")
+        return fold
+    return True
 
 
 def instruction_text(turns: list[dict]) -> str:
@@ -179,11 +206,39 @@ def _shorten_question(tokenizer, turns: list[dict], over: int) -> list[dict]:
     return turns
 
 
+def _first_exchange_within(tokenizer, turns, media, max_tokens, markers, fold_system) -> Encoded:
+    """The first exchange alone, which is longer than `max_tokens`: its question is shortened when that lets the
+    answer fit whole; otherwise the answer is cut at the limit, after the question gave up tokens only if it left
+    no room for half the limit's worth of answer."""
+    def encode(first):
+        return encode_messages(tokenizer, to_messages(first, media, markers, fold_system=fold_system))
+
+    def shortened(first, out, target):   # re-encoding a shortened question can move a token or two
+        for _ in range(4):
+            if len(out.ids) <= target:
+                break
+            first = _shorten_question(tokenizer, first, len(out.ids) - target)
+            out = encode(first)
+        return out
+
+    first = turns[:next(i for i, t in enumerate(turns) if t.get("from") == "gpt") + 1]
+    out = encode(first)
+    answer = out.answer_tokens
+    prompt = len(out.ids) - answer
+    bare = len(encode(_shorten_question(tokenizer, first, len(out.ids))).ids) - answer
+    if bare + answer <= max_tokens:
+        out = shortened(first, out, max_tokens)
+    elif prompt >= max_tokens - 1:
+        out = shortened(first, out, max_tokens // 2 + answer)
+    out = Encoded(out.ids[:max_tokens], out.labels[:max_tokens], min(out.vision_at, max_tokens))
+    return out
+
+
 def encode_conversation(tokenizer, turns: list[dict], media: str, max_tokens: int,
-                        markers: MediaMarkers = MediaMarkers()) -> Encoded:
+                        markers: MediaMarkers = MediaMarkers(), fold_system: bool = False) -> Encoded:
     """The conversation's tokens within `max_tokens` (see the module docstring); raises ConversationError when no
     answer token fits."""
-    messages = to_messages(turns, media, markers)
+    messages = to_messages(turns, media, markers, fold_system=fold_system)
     enc = encode_messages(tokenizer, messages)
     if len(enc.ids) <= max_tokens:
         return enc
@@ -194,15 +249,7 @@ def encode_conversation(tokenizer, turns: list[dict], media: str, max_tokens: in
         out = Encoded(enc.ids[:cut], enc.labels[:cut], enc.vision_at, truncated=True,
                       exchanges_dropped=len(enc.answer_ends) - len(kept))
     else:
-        first = turns[:next(i for i, t in enumerate(turns) if t.get("from") == "gpt") + 1]
-        out = encode_messages(tokenizer, to_messages(first, media, markers))
-        for _ in range(4):   # decoding and re-encoding a shortened question can move a token or two
-            if len(out.ids) <= max_tokens:
-                break
-            first = _shorten_question(tokenizer, first, len(out.ids) - max_tokens)
-            out = encode_messages(tokenizer, to_messages(first, media, markers))
-        if len(out.ids) > max_tokens:   # the answer alone does not fit: cut it at the limit
-            out = Encoded(out.ids[:max_tokens], out.labels[:max_tokens], min(out.vision_at, max_tokens))
+        out = _first_exchange_within(tokenizer, turns, media, max_tokens, markers, fold_system)
         out.truncated, out.exchanges_dropped = True, len(enc.answer_ends) - 1
     if out.answer_tokens == 0:
         raise ConversationError(f"no answer token fits in {max_tokens} text tokens")

@@ -108,7 +108,8 @@ def answer(chat: ChatModel, views: torch.Tensor, is_image: bool, question: str, 
     first = not any(t["from"] == "human" for t in turns)
     turns.append({"from": "human", "value": (f"<{media}>\n" if first else "") + question})
     try:
-        enc = prompt_ids(chat.text.llm_tokenizer(), to_messages(turns, media, chat.text.markers, answered=False))
+        enc = prompt_ids(chat.text.llm_tokenizer(), to_messages(turns, media, chat.text.markers, answered=False,
+                                                                 fold_system=chat.text.fold_system))
     except ConversationError as e:
         raise ChatError(str(e)) from None
     dev = chat.device

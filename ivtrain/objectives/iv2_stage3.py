@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ivtrain.config import ConfigError, Recipe
-from ivtrain.data.conversation import MediaMarkers
+from ivtrain.data.conversation import MediaMarkers, check_template
 from ivtrain.data.spec import CaptionSpec, ConversationSpec, SampleSpec, VideoSpec
 from ivtrain.export import load_artifact, read_export
 from ivtrain.models.llm import LLMConfig, is_lora_key, llm_dtype, llm_flops, load_llm, load_llm_tokenizer
@@ -95,16 +95,17 @@ class IV2Stage3(Objective):
     def __init__(self, recipe: Recipe, device: torch.device, dist=None):
         super().__init__(recipe, device, dist)
         cfg, data = recipe.section, recipe.data
-        self.text = self.text_settings(cfg)
-        self.text.llm_tokenizer()   # a missing directory or chat template fails here, before any worker starts
+        self.text = self.text_settings(cfg)   # a missing directory or unusable chat template fails here
         self.trainable = build_videochat(cfg, data.num_frames, data.image_size, recipe.train.bf16)
         self.trainable.to(device).train()
 
     @staticmethod
     def text_settings(cfg: Stage3Config) -> TextSettings:
+        """How samples are tokenized; the LLM's chat template is checked here (and whether it has a system role)."""
+        markers = MediaMarkers(tuple(cfg.video_markers), tuple(cfg.image_markers))
+        fold = check_template(load_llm_tokenizer(cfg.llm.path, cfg.llm.chat_template), markers)
         return TextSettings(cfg.llm.path, cfg.llm.chat_template, cfg.qformer.bert if cfg.qformer.text_input else "",
-                            cfg.max_text_len, cfg.qformer.max_text_len,
-                            MediaMarkers(tuple(cfg.video_markers), tuple(cfg.image_markers)), cfg.caption_prompt)
+                            cfg.max_text_len, cfg.qformer.max_text_len, markers, cfg.caption_prompt, fold)
 
     def sample_spec(self) -> SampleSpec:
         cfg, data = self.recipe.section, self.recipe.data

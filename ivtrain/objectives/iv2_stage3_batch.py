@@ -31,6 +31,7 @@ class TextSettings:
     markers: MediaMarkers
     caption_prompt: str = ""          # a sample without a conversation but with a caption: this question, the
                                       # caption its answer
+    fold_system: bool = False         # the template has no system role (check_template)
 
     def llm_tokenizer(self):
         return load_llm_tokenizer(self.llm, self.chat_template)
@@ -53,7 +54,8 @@ class TextSettings:
     def encode(self, turns: list[dict], media: str) -> dict:
         """Token ids and labels of a conversation, its QFormer instruction, and what truncation dropped."""
         try:
-            enc = encode_conversation(self.llm_tokenizer(), turns, media, self.max_text_len, self.markers)
+            enc = encode_conversation(self.llm_tokenizer(), turns, media, self.max_text_len, self.markers,
+                                      self.fold_system)
         except ConversationError:
             raise SkipSample("bad_conversation") from None
         out = {**enc.tensors(), "vision_at": enc.vision_at, "truncated": enc.truncated,
