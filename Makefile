@@ -11,7 +11,7 @@ endif
 export PIP_CONSTRAINT := $(CONSTRAINTS)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test test-slow bench lock clean
+.PHONY: setup demo test test-slow bench lock clean chromium
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -41,7 +41,20 @@ $(VENV)/.llama_cpp: $(VENV)/.installed
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e '.[llamacpp]'
 	touch $@
 
-setup: $(VENV)/.installed $(VENV)/.open_clip
+# Hugging Face datasets decodes video and audio with torchcodec, which loads the system's FFmpeg libraries
+# (the shard-compatibility test uses it): Debian's ffmpeg brings them. Installed here where apt-get can (root,
+# or passwordless sudo); elsewhere that test says it was skipped and why.
+$(VENV)/.ffmpeg_libs: $(VENV)/.installed
+	@$(BIN)/python -c "import torchcodec.decoders" 2>/dev/null || $(call apt_install,ffmpeg)
+	touch $@
+
+# apt_install PACKAGES: best effort, as root or with passwordless sudo; says so when it cannot.
+apt_install = { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo -n ); \
+  $$SUDO apt-get install -y --no-install-recommends $(1) >/dev/null 2>&1 || \
+  { $$SUDO apt-get update >/dev/null 2>&1 && $$SUDO apt-get install -y --no-install-recommends $(1) >/dev/null 2>&1; } || \
+  echo "note: could not install $(1) with apt-get; the tests that need them are skipped"; }
+
+setup: $(VENV)/.installed $(VENV)/.open_clip $(VENV)/.ffmpeg_libs
 
 demo: setup
 	bash scripts/demo.sh
@@ -53,7 +66,11 @@ $(VENV)/.ray: $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[ray]'
 	touch $@
 
-test-slow: setup $(VENV)/.ray
+# The report's gallery is checked in a real browser: Debian's chromium, installed when absent.
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || $(call apt_install,chromium)
+
+test-slow: setup $(VENV)/.ray chromium
 	$(BIN)/python -m pytest -q -m slow
 
 bench: setup
@@ -64,6 +81,7 @@ bench: setup
 	$(BIN)/python bench/train_loader.py
 	$(BIN)/python bench/universal_conversion.py
 	$(BIN)/python bench/shard_index.py
+	$(BIN)/python bench/image_text_build.py
 
 # Rewrite constraints-lock.txt from this venv (after the suites passed in it), keeping the file's header.
 # Anything it still installs goes in under constraints.txt alone: the old lock would downgrade what an

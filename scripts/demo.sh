@@ -10,7 +10,7 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 step "fresh demo corpus (manifests/demo.duckdb, corpora/demo/)"
 rm -rf corpora/demo manifests/demo.duckdb manifests/demo.duckdb.wal runs/demo
 $IV corpus init demo
-$IV data samples corpora/demo/inputs --speech tests/data/speech_en.flac
+$IV data samples corpora/demo/inputs --speech tests/data/speech_en.flac --images corpora/demo/images
 
 step "ingest -> probe -> split (shots) -> cut (frame-accurate, short side 224)"
 $IV data ingest corpora/demo/inputs --source samples --workers 2
@@ -41,6 +41,25 @@ step "shard the deduplicated subset, then verify shards against the manifest"
 $IV data shard --subset deduped --maxcount 4
 $IV data verify
 
+step "image-text set: frames of the sample videos with captions (sidecar .txt) -> ingest -> images (decode, shrink, store) -> dedupe -> shard 'images'"
+$IV data ingest corpora/demo/images --source frames
+$IV data images --short-side 224 --workers 2
+$IV data dedupe --workers 2        # embeds only the new images; images are compared with images, clips with clips
+$IV data shard --subset deduped_images --shardset images --maxcount 4
+
+step "instruction set: VideoChat2-IT-style questions about the deduplicated clips (written by SQL) -> import -> shard 'instructions'"
+$IV manifest query "SELECT regexp_replace(path, '^.*/clips/', '') AS video,
+                    [{'i': 'Answer questions about the video clip.', 'q': 'How long is this clip?',
+                      'a': 'About ' || round(duration_s, 1) || ' seconds.'},
+                     {'i': '', 'q': 'Does it have sound?',
+                      'a': CASE WHEN has_audio THEN 'Yes, it has an audio track.' ELSE 'No, it is silent.' END}] AS QA
+                    FROM clip_info WHERE media = 'video' AND clip_id IN (SELECT clip_id FROM subsets WHERE name = 'deduped')" \
+  --out corpora/demo/instructions.json
+$IV data import-instructions corpora/demo/instructions.json --format videochat2 --media-root corpora/demo/clips \
+  --dataset demo_clip_qa --task clip_facts
+$IV data shard --subset deduped --shardset instructions --conversations --maxcount 4
+$IV data verify
+
 step "SQL over the manifest (read-only)"
 $IV manifest query "SELECT v.source, count(*) AS clips, round(sum(c.duration_s), 1) AS seconds,
                     sum(c.num_frames) AS frames, bool_or(c.has_audio) AS any_audio
@@ -49,10 +68,12 @@ $IV manifest query "SELECT regexp_extract(uri, '[^/]+$') AS file, status, coales
                     round(duration_s, 2) AS duration_s, width, height, has_audio FROM videos ORDER BY file"
 $IV manifest query "SELECT clip_id, method, kept, matched_clip_id, round(similarity, 3) AS similarity
                     FROM dedup WHERE NOT kept"
+$IV manifest query "SELECT media, count(*) AS items, any_value(left(text, 60)) AS example FROM clip_info
+                    JOIN captions USING (clip_id) WHERE len(string_split(trim(text), ' ')) > 5 GROUP BY 1"
 $IV manifest select with_audio --where "has_audio"
 $IV corpus info
 
-step "corpus report (HTML + PNG plots)"
+step "corpus report (gallery of clips, images and conversations with their captions; PNG plots)"
 $IV corpus report
 
 step "train: InternVideo2 stage 1 (tiny ViT, CPU, DeepSpeed ZeRO 1) on the shards just made"

@@ -52,3 +52,13 @@ def small_corpus(tmp_path, windowed_video):
     from ivdata.pipeline import build_corpus
     return build_corpus("small", [windowed_video], home=tmp_path, split="fixed", window_s=2.0, cut="copy",
                         shard_maxcount=4)
+
+
+@pytest.fixture
+def http_dir(tmp_path):
+    """(folder, base URL) of a static file server over a fresh folder (tests/static_http.py)."""
+    from static_http import serve
+    root = tmp_path / "www"
+    root.mkdir()
+    with serve(root) as base:
+        yield root, base

@@ -126,7 +126,8 @@ def test_annotate_writes_every_kind_and_records_every_outcome(corpus_and_models,
         counts = json.loads(r["counts"])
         assert r["status"] == "ok" and counts["items_per_s"] > 0 and counts["media_s_per_s"] > 0
 
-    # materialized shards carry the captions in each sample's json (empty outcomes left out)
+    # materialized shards carry the captions in each sample's json, each with its model and prompt hash; every
+    # kind of the set is in every sample (text "" where the clip's outcome was empty)
     from ivdata.pipeline import shard
     from ivdata.stages.shard import ShardConfig
     shard(corpus, ShardConfig(subset="all", shardset="annotated", txt_kinds=("AVS",)))
@@ -138,9 +139,13 @@ def test_annotate_writes_every_kind_and_records_every_outcome(corpus_and_models,
                     js = json.loads(tf.extractfile(member).read())
                     sample_caps[js["clip_id"]] = js["captions"]
     by_name = {name: c["V"]["clip_id"] for name, c in caps.items()}
-    assert set(sample_caps[by_name["bikes_speech"]]) == {"V", "A", "S", "AV", "AVS"}
-    assert sample_caps[by_name["bikes_speech"]]["S"] == speech["text"]
-    assert set(sample_caps[by_name["bikes_noaudio"]]) == {"V"}
+    with_text = lambda captions: {k for k, c in captions.items() if c["text"]}
+    assert with_text(sample_caps[by_name["bikes_speech"]]) == {"V", "A", "S", "AV", "AVS"}
+    speech_caption = sample_caps[by_name["bikes_speech"]]["S"]
+    assert speech_caption["text"] == speech["text"]
+    assert (speech_caption["model"], speech_caption["prompt_hash"]) == asr_identity(cfg)
+    assert set(sample_caps[by_name["bikes_noaudio"]]) == {"V", "A", "S", "AV", "AVS"}
+    assert with_text(sample_caps[by_name["bikes_noaudio"]]) == {"V"}
 
     # a rerun with the same models and prompts does nothing; a changed prompt setting redoes only that stage
     again = run_annotation(corpus, cfg)

@@ -20,53 +20,7 @@ from ivdata.stages.base import run_stage
 from ivdata.stages.dedupe import DedupeConfig, DedupeStage
 from ivdata.stages.ingest import SourceError, expand_sources, video_id_for
 from ivdata.stages.split import SplitConfig
-
-
-class RangeHandler(http.server.SimpleHTTPRequestHandler):
-    """Static files with single-range support (the stdlib handler has none)."""
-    ranges: list = []
-
-    def log_message(self, *a):
-        pass
-
-    def do_GET(self):
-        path = self.translate_path(self.path)
-        try:
-            data = open(path, "rb").read()
-        except OSError:
-            self.send_error(404)
-            return
-        rng = self.headers.get("Range")
-        RangeHandler.ranges.append(rng)
-        if rng and rng.startswith("bytes="):
-            start = int(rng[6:].split("-")[0])
-            if start >= len(data):                 # as nginx and Apache answer a range past the end
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-            data = data[start:]
-        else:
-            self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
-@pytest.fixture
-def http_dir(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = lambda *a, **k: RangeHandler(*a, directory=str(root), **k)
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    RangeHandler.ranges = []
-    yield root, f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
+from static_http import RangeHandler
 
 
 def test_url_download_resumes_from_part_file_and_enforces_limits(tmp_path, http_dir):
@@ -297,6 +251,6 @@ def test_folder_ingest_reports_the_files_it_skips(tmp_path, monkeypatch):
     assert runner.invoke(app, ["corpus", "init", "skip"]).exit_code == 0
     res = runner.invoke(app, ["data", "ingest", str(vd), "-c", "skip"])
     assert res.exit_code == 0, res.output
-    assert "2 ok" in res.output
-    line = next(ln for ln in res.output.splitlines() if "skipped" in ln and "not videos" in ln)
-    assert "3 file(s)" in line and all(n in line for n in ("notes.txt", "cover.jpg", ".DS_Store"))
+    assert "3 ok" in res.output                  # the two videos and cover.jpg, an image (its bytes are checked later)
+    line = next(ln for ln in res.output.splitlines() if "skipped" in ln and "neither videos nor images" in ln)
+    assert "2 file(s)" in line and all(n in line for n in ("notes.txt", ".DS_Store"))

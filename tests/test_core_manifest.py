@@ -64,9 +64,9 @@ def test_export_parquet_roundtrip(built_corpus, tmp_path):
 def test_runs_table_records_each_stage_with_throughput(built_corpus):
     with built_corpus.manifest(read_only=True) as m:
         runs = m.rows("SELECT stage, status, counts FROM runs ORDER BY run_id")
-    assert [r["stage"] for r in runs] == ["ingest", "probe", "split", "cut", "shard"]
+    assert [r["stage"] for r in runs] == ["ingest", "probe", "images", "split", "cut", "shard"]
     assert all(r["status"] == "ok" for r in runs)
-    cut = json.loads(runs[3]["counts"])
+    cut = json.loads(runs[4]["counts"])
     assert cut["ok"] > 0 and cut["media_s_per_s"] > 0
 
 

@@ -259,3 +259,27 @@ def test_a_position_names_the_same_clips_under_any_world_size_and_batch_size(vid
     # a position at the end of an epoch's shareable part moves on to the next epoch
     _, stream = make_loader(config(shards, batch_size=2), world=2, start=10)
     assert next(stream.source_stream().batches())[0] == 1
+
+
+def test_clips_of_direction_labelled_sources_are_never_flipped(videos, tmp_path):
+    """A source whose labels name directions (SSv2: "moving something from left to right") is never mirrored, as
+    the release never flips SSv2; other sources' clips are, half of the time. The shards here say source
+    "synthetic": listed in data.no_flip_sources, it is treated as SSv2 is by default."""
+    from ivtrain.data.samples import read_sample
+    from ivtrain.data.spec import SampleSpec, VideoSpec
+
+    paths, labels = videos
+    index = ShardIndex.open(train_synthetic.write_shards(paths, tmp_path, "s", labels, per_shard=12), "off")
+    spec = SampleSpec(video=VideoSpec(frames=8, size=32))
+    assert DataConfig().no_flip_sources == ["ssv2"]
+    mirrored = {}
+    for no_flip in ([], ["synthetic"]):
+        data = config(index, no_flip_sources=no_flip)
+        for i in range(len(index)):
+            rng = np.random.default_rng([0, 0, i])        # the sample's own draws, as the loader makes them
+            unflipped = clip_transform(decode_decord(index.read(i, "mp4"), 8, rng), 32, True, data.scales,
+                                       data.max_distort, False, rng)
+            mirrored[tuple(no_flip), i] = not torch.equal(read_sample(index, i, 0, spec, data, seed=0)["video"],
+                                                          unflipped)
+    assert 2 <= sum(mirrored[(), i] for i in range(len(index))) <= len(index) - 2     # about half
+    assert not any(mirrored[("synthetic",), i] for i in range(len(index)))

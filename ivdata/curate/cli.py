@@ -4,7 +4,7 @@
     iv data dedupe              exact + near-duplicate removal and eval-split leakage, with an audit trail
     iv data score               clip-caption similarity, aesthetic and motion scores
     iv data select-internvid2   InternVid2 FLT (top-k by similarity) and DIV (1/#clips per video) subsets
-    iv corpus report            HTML page with plots and the audit tables
+    iv corpus report            HTML page: gallery (clips, images, conversations), plots, audit tables
 
 `mount(data_app, corpus_app)` registers them under those names.
 """
@@ -132,7 +132,8 @@ def select_internvid2(recipe: Path = typer.Argument(..., exists=True, help="Inte
 
 def report(corpus: str = CorpusOpt,
            out: Optional[Path] = typer.Option(None, help="Output folder (default: <corpus root>/report).")):
-    """Write an HTML report (plots + dedup and leakage audit) of a corpus."""
+    """Write an HTML report of a corpus: a gallery of its clips, images and conversations with their captions,
+    plots, and the dedup and leakage audit."""
     from ivdata.curate.report import write_report
     c = open_corpus(corpus)
     page = write_report(c.manifest_path, out or c.root / "report", title=c.name)

@@ -1,9 +1,16 @@
-"""Uniformly spaced RGB frames of a clip, decoded with PyAV (the sampler every curation model shares)."""
+"""Uniformly spaced RGB frames of a clip, decoded with PyAV (the sampler every curation model shares).
+
+An image is a clip whose every frame is the image: embedders, scorers and captioners see it as a still
+clip (its embedding is its frame's; its motion is zero).
+"""
 from __future__ import annotations
+
+import os
 
 import av
 import numpy as np
 
+from ivdata.media.image import IMAGE_EXTS, decode_rgb
 from ivdata.media.probe import MediaError
 
 
@@ -34,6 +41,8 @@ def frames_at(path: str, times, num: int, max_side: int | None) -> list[np.ndarr
     Decodes sequentially (clips are short) and keeps, for each target time, the first frame at or after
     it; frames are shrunk so the longer side is at most `max_side` (scorers look at small frames).
     """
+    if os.path.splitext(str(path))[1].lower() in IMAGE_EXTS:
+        return [decode_rgb(str(path), max_side)] * num
     try:
         container = av.open(str(path))
     except av.FFmpegError as e:

@@ -1,5 +1,9 @@
-"""`iv corpus report`: one HTML page with PNG plots and audit tables, from the manifest alone.
+"""`iv corpus report`: one HTML page with the data itself, PNG plots and audit tables, from the manifest.
 
+Gallery: per subset (and for the whole corpus) a seeded random sample of its clips and images, each shown
+as a preview (a strip of frames spread over a clip; the image itself) beside its captions of every kind
+(the newest of each, with its model), and a sample of the imported conversations of each dataset with the
+preview of the clip or image they are about. Previews are JPEG files in gallery/ beside the page.
 Plots: clip durations, resolutions, clips per source, caption languages, caption lengths, one histogram
 per score metric, dedup removals per method and eval leakage per evaluation split. Tables: the corpus in
 numbers, and the removals themselves (each with the clip it matched and the similarity), so a reviewer
@@ -19,6 +23,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from ivdata.manifest import Manifest  # noqa: E402
 
 MAX_AUDIT_ROWS = 500
+GALLERY_ITEMS = 8          # items shown per subset, and conversations per dataset
+STRIP_FRAMES = 4           # frames in a clip's preview strip
+PREVIEW_HEIGHT = 96        # pixels
 
 
 def _has(m: Manifest, table: str) -> bool:
@@ -70,9 +77,13 @@ def collect(m: Manifest) -> dict:
     """Every number the page shows, as plain data (also written next to it as report.json)."""
     q = m.rows
     d = {
-        "videos": m.scalar("SELECT count(*) FROM videos"),
-        "videos_failed": m.scalar("SELECT count(*) FROM videos WHERE status = 'failed'"),
-        "clips": m.scalar("SELECT count(*) FROM clips WHERE status = 'ok'"),
+        "videos": m.scalar("SELECT count(*) FROM videos WHERE media = 'video'"),
+        "videos_failed": m.scalar("SELECT count(*) FROM videos WHERE media = 'video' AND status = 'failed'"),
+        "images": m.scalar("SELECT count(*) FROM videos WHERE media = 'image'"),
+        "images_failed": m.scalar("SELECT count(*) FROM videos WHERE media = 'image' AND status = 'failed'"),
+        "clips": m.scalar("SELECT count(*) FROM clips WHERE status = 'ok' AND media = 'video'"),
+        "conversations": m.scalar("SELECT count(*) FROM conversations WHERE status = 'ok'"),
+        "conversations_failed": m.scalar("SELECT count(*) FROM conversations WHERE status = 'failed'"),
         "clip_hours": round((m.scalar("SELECT sum(duration_s) FROM clips WHERE status = 'ok'") or 0) / 3600, 4),
         "durations": [r[0] for r in m.execute("SELECT duration_s FROM clips WHERE status = 'ok'").fetchall()],
         "resolutions": q("SELECT width, height, count(*) AS n FROM clips WHERE status = 'ok' GROUP BY ALL ORDER BY n DESC"),
@@ -163,15 +174,136 @@ def _table(rows: list[dict], title: str, empty: str) -> str:
     return f"<h2>{html.escape(title)}</h2><table><tr>{head}</tr>{body}</table>"
 
 
+# ------------------------------------------------------------------------------------------------ gallery
+def _sample_items(m: Manifest, subset: str) -> tuple[int, list[dict]]:
+    """(items in the subset, a random sample of them): seeded by the subset's name, so a report made again
+    shows the same items."""
+    member, params = ("", []) if subset == "all" else (
+        "AND c.clip_id IN (SELECT clip_id FROM subsets WHERE name = ?)", [subset])
+    n = m.scalar(f"SELECT count(*) FROM clips c WHERE c.status = 'ok' {member}", params)
+    items = m.rows(f"SELECT c.clip_id, c.media, c.path, c.duration_s, c.width, c.height, v.source FROM clips c "
+                   f"JOIN videos v USING (video_id) WHERE c.status = 'ok' {member} "
+                   f"ORDER BY hash(c.clip_id || ?) LIMIT {GALLERY_ITEMS}", params + [subset])
+    return n, items
+
+
+def _captions_of(m: Manifest, clip_ids: list[str]) -> dict[str, dict[str, dict]]:
+    """clip_id -> kind -> the newest caption of the kind (text and model)."""
+    out: dict[str, dict[str, dict]] = {}
+    for cid, kind, text, model in m.execute(
+            "SELECT clip_id, kind, text, model FROM captions WHERE clip_id IN (SELECT unnest(?::VARCHAR[])) "
+            "AND text IS NOT NULL AND trim(text) <> '' ORDER BY created_at, model, prompt_hash", [clip_ids]).fetchall():
+        out.setdefault(cid, {})[kind] = {"text": text, "model": model}
+    return out
+
+
+def preview(item: dict, out: Path) -> tuple[str | None, str | None]:
+    """(file name of the item's preview JPEG in `out`, or None, and why not): a strip of STRIP_FRAMES frames
+    spread over a clip, or the image itself, PREVIEW_HEIGHT pixels high."""
+    import numpy as np
+    from PIL import Image
+
+    from ivdata.curate.frames import sample_frames
+    name = f"{item['clip_id']}.jpg"
+    try:
+        frames = sample_frames(item["path"], 1 if item["media"] == "image" else STRIP_FRAMES, max_side=None)
+    except Exception as e:   # a clip that no longer decodes is shown as such, the page is still written
+        return None, f"{type(e).__name__}: {e}"
+    tiles = []
+    for f in frames:
+        img = Image.fromarray(f)
+        tiles.append(np.asarray(img.resize((max(1, round(img.width * PREVIEW_HEIGHT / img.height)), PREVIEW_HEIGHT),
+                                           Image.Resampling.BICUBIC)))
+    out.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(tiles, axis=1)).save(out / name, quality=85)
+    return name, None
+
+
+def collect_gallery(m: Manifest, out: Path) -> dict:
+    """Per subset its sampled items with previews and captions; per dataset its sampled conversations."""
+    subsets = ["all"] + [r[0] for r in m.execute("SELECT name FROM subset_defs ORDER BY name").fetchall()]
+    made: dict[str, tuple] = {}
+
+    def with_preview(item: dict) -> dict:
+        if item["clip_id"] not in made:
+            made[item["clip_id"]] = preview(item, out / "gallery")
+        name, why = made[item["clip_id"]]
+        return {**item, "preview": f"gallery/{name}" if name else None, "preview_error": why}
+
+    sections = []
+    for subset in subsets:
+        n, items = _sample_items(m, subset)
+        captions = _captions_of(m, [i["clip_id"] for i in items])
+        sections.append({"subset": subset, "items": n,
+                         "shown": [{**with_preview(i), "captions": captions.get(i["clip_id"], {})} for i in items]})
+    conversations = []
+    for (dataset,) in m.execute("SELECT DISTINCT dataset FROM conversations ORDER BY 1").fetchall():
+        rows = m.rows("SELECT cv.conversation_id, cv.dataset, cv.task, cv.turns, c.clip_id, c.media, c.path, "
+                      "c.duration_s, c.width, c.height, v.source FROM conversations cv "
+                      "JOIN clips c ON c.clip_id = cv.clip_id JOIN videos v ON v.video_id = c.video_id "
+                      "WHERE cv.dataset = ? AND cv.status = 'ok' AND c.status = 'ok' "
+                      f"ORDER BY hash(cv.conversation_id) LIMIT {GALLERY_ITEMS}", [dataset])
+        counts = m.rows("SELECT status, count(*) AS n FROM conversations WHERE dataset = ? GROUP BY 1 ORDER BY 1",
+                        [dataset])
+        conversations.append({"dataset": dataset, "counts": counts,
+                              "shown": [{**with_preview(r), "turns": json.loads(r["turns"])} for r in rows]})
+    return {"sections": sections, "conversations": conversations}
+
+
+def _preview_html(item: dict) -> str:
+    if item["preview"]:
+        what = "frames of the clip" if item["media"] == "video" else "the image"
+        return f'<img class=preview src="{html.escape(item["preview"])}" alt="{what} {html.escape(item["clip_id"])}">'
+    return f'<p class=empty>no preview: {html.escape(item["preview_error"] or "")}</p>'
+
+
+def _facts(item: dict) -> str:
+    size = f"{item['width']}x{item['height']}"
+    length = f", {item['duration_s']:.1f} s" if item["media"] == "video" and item["duration_s"] else ""
+    return (f"<p class=facts><code>{html.escape(item['clip_id'])}</code> {html.escape(item['media'])} "
+            f"from {html.escape(item['source'])}, {size}{length}</p>")
+
+
+def gallery_html(g: dict) -> str:
+    parts = ["<h2>Gallery</h2>"]
+    for sec in g["sections"]:
+        title = "Whole corpus" if sec["subset"] == "all" else f"Subset {sec['subset']}"
+        parts.append(f"<h3>{html.escape(title)}: {len(sec['shown'])} of {sec['items']} items at random</h3>")
+        if not sec["shown"]:
+            parts.append("<p class=empty>nothing in it yet</p>")
+        parts.append("<div class=gallery>")
+        for item in sec["shown"]:
+            caps = "".join(f"<dt>{html.escape(k)} <small>{html.escape(c['model'])}</small></dt>"
+                           f"<dd class=caption>{html.escape(c['text'])}</dd>" for k, c in sorted(item["captions"].items()))
+            parts.append(f"<div class=item>{_preview_html(item)}{_facts(item)}"
+                         + (f"<dl>{caps}</dl>" if caps else "<p class=empty>no captions</p>") + "</div>")
+        parts.append("</div>")
+    for ds in g["conversations"]:
+        counts = ", ".join(f"{c['n']} {c['status']}" for c in ds["counts"])
+        parts.append(f"<h3>Conversations: {html.escape(ds['dataset'])} ({html.escape(counts)}), "
+                     f"{len(ds['shown'])} at random</h3><div class=gallery>")
+        for item in ds["shown"]:
+            turns = "".join(f"<p class='turn {html.escape(t['from'])}'><b>{html.escape(t['from'])}</b> "
+                            f"{html.escape(t['value'])}</p>" for t in item["turns"])
+            task = f" task {html.escape(item['task'])}" if item["task"] else ""
+            parts.append(f"<div class=item>{_preview_html(item)}{_facts(item)}"
+                         f"<p class=facts><code>{html.escape(item['conversation_id'])}</code>{task}</p>{turns}</div>")
+        parts.append("</div>")
+    return "\n".join(parts)
+
+
 def write_report(manifest_path: str | Path, out_dir: str | Path, title: str | None = None) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with Manifest(manifest_path, read_only=True) as m:
         d = collect(m)
+        g = collect_gallery(m, out)
         name = m.get_meta("name") or Path(manifest_path).stem
     imgs = plots(d, out)
     summary = [{"fact": k, "value": v} for k, v in (
         ("videos", d["videos"]), ("videos failed", d["videos_failed"]), ("clips", d["clips"]),
+        ("images", d["images"]), ("images failed", d["images_failed"]),
+        ("conversations", d["conversations"]), ("conversations failed", d["conversations_failed"]),
         ("clip hours", d["clip_hours"]), ("captions", sum(r["n"] for r in d["languages"])),
         ("clips removed as duplicates", d["dedup_removed_clips"]),
         ("clips removed for eval leakage", d["leakage_removed_clips"]))]
@@ -182,7 +314,10 @@ def write_report(manifest_path: str | Path, out_dir: str | Path, title: str | No
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}}
 figure{{display:inline-block;margin:.5em}}img{{max-width:640px;border:1px solid #ddd}}
 table{{border-collapse:collapse;margin:.5em 0;font-size:.9em}}td,th{{border:1px solid #ccc;padding:.2em .5em;text-align:left}}
-th{{background:#f3f3f3}}.empty{{color:grey}}</style></head><body>
+th{{background:#f3f3f3}}.empty{{color:grey}}
+.gallery{{display:flex;flex-wrap:wrap;gap:.8em}}.item{{border:1px solid #ddd;padding:.5em;max-width:460px}}
+.item img.preview{{max-width:440px;border:0}}.facts{{font-size:.8em;color:#555;margin:.2em 0}}
+dl{{margin:.3em 0}}dt{{font-weight:bold}}dd{{margin:0 0 .3em 1em}}.turn{{margin:.2em 0}}.turn.gpt{{color:#1a4d8f}}</style></head><body>
 <h1>Corpus report: {html.escape(title or name)}</h1>
 <p>Manifest: <code>{html.escape(str(Path(manifest_path).resolve()))}</code></p>
 {_table(summary, "In numbers", "")}
@@ -190,6 +325,7 @@ th{{background:#f3f3f3}}.empty{{color:grey}}</style></head><body>
 {_table(d["splits"], "Clips per split", "no clips")}
 {_table(d["subsets"], "Subsets", "no subsets")}
 {_table(d["shards"], "Shard sets", "no shards")}
+{gallery_html(g)}
 <h2>Plots</h2>{figures}
 {_table(d["dedup_checked"], "Dedup: clips examined per method", "dedup has not run")}
 {_table(d["removals"], f"Dedup removals (first {MAX_AUDIT_ROWS})", "no duplicates removed")}

@@ -246,6 +246,18 @@ class Manifest:
             "SELECT s.clip_id FROM subsets s JOIN clips c USING (clip_id) WHERE s.name = ? AND c.status = 'ok' "
             "ORDER BY s.clip_id", [name]).fetchall()]
 
+    def subset_sample_keys(self, name: str, unit: str = "clips") -> list[str]:
+        """The sample keys a shard set of the subset holds: its clip ids, or (unit 'conversations') the ids of
+        the imported conversations linked to its clips."""
+        clips = self.subset_clip_ids(name)
+        if unit == "clips":
+            return clips
+        if unit != "conversations":
+            raise ManifestError(f"sample unit {unit!r}: clips or conversations")
+        return [r[0] for r in self.con.execute(
+            "SELECT conversation_id FROM conversations WHERE status = 'ok' AND clip_id IN "
+            "(SELECT unnest(?::VARCHAR[])) ORDER BY conversation_id", [clips]).fetchall()]
+
     # -- runs ------------------------------------------------------------------------------------
     def start_run(self, stage: str, config: dict) -> int:
         # Only one process writes: a run still 'running' now was killed before it could say so.

@@ -1,6 +1,8 @@
 """Audio in and out with PyAV: decode a span to float32 at a chosen rate, write 16 kHz mono FLAC."""
 from __future__ import annotations
 
+import functools
+import io
 import os
 from pathlib import Path
 
@@ -71,3 +73,14 @@ def write_flac(samples: np.ndarray, rate: int, out: Path) -> None:
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@functools.lru_cache(maxsize=64)
+def silent_flac(samples: int, rate: int = 16000) -> bytes:
+    """`samples` zeros as 16-bit mono FLAC: the placeholder member of a clip without audio (about 9 KB for
+    5 s: FFmpeg's 8 KiB of header padding, then a few bytes per block of silence)."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="flac") as c:
+        s = c.add_stream("flac", rate=rate, layout="mono", format="s16")
+        encode_audio(c, s, np.zeros((1, max(int(samples), 1)), np.float32), rate)
+    return buf.getvalue()

