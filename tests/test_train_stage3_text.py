@@ -88,6 +88,15 @@ def test_media_without_placeholder_opens_the_first_question_and_images_get_their
     assert tokenizer.decode(enc.ids[enc.vision_at:]).startswith("</Image>\nWhat colour")
 
 
+def test_an_instruction_answered_without_question_gets_the_media_as_its_question(tokenizer):
+    # VideoChat2-IT caption tasks as the data engine imports them: the instruction as system turn, then the answer
+    enc = encode_conversation(tokenizer, [{"from": "system", "value": "Describe the video."},
+                                          {"from": "gpt", "value": "a red square moves left"}], "video", 512)
+    assert tokenizer.decode(enc.ids) == ("<s><|system|>Describe the video.<|end|><|user|><Video></Video><|end|>"
+                                         "<|assistant|>a red square moves left<|end|>")
+    assert labelled_runs(tokenizer, enc) == ["a red square moves left<|end|>"]
+
+
 def test_long_conversations_drop_later_exchanges_whole_and_count_them(tokenizer):
     full = encode_conversation(tokenizer, TWO_TURNS, "video", 512)
     first_end = full.answer_ends[0]
@@ -143,7 +152,8 @@ def test_a_template_that_rewrites_earlier_turns_is_refused_with_the_reason(token
 
 def test_turns_that_are_not_a_conversation_are_refused(tokenizer):
     for turns, message in [([], "non-empty list"), ([{"from": "bot", "value": "hi"}], "is not {from"),
-                           ([{"from": "human", "value": "<video>\nhi"}], "no answer")]:
+                           ([{"from": "human", "value": "<video>\nhi"}], "no answer"),
+                           ([{"from": "system", "value": "hi"}], "no answer")]:
         with pytest.raises(ConversationError, match=message):
             encode_conversation(tokenizer, turns, "video", 512)
 

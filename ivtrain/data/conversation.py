@@ -65,7 +65,8 @@ class Encoded:
 def to_messages(turns: list[dict], media: str, markers: MediaMarkers = MediaMarkers(),
                 answered: bool = True, fold_system: bool = False) -> list[dict]:
     """Turns -> chat messages {role, content}, the media placeholder replaced by the markers around VISION (placed
-    at the start of the first user message when no turn has a placeholder). answered: an answer is required (a
+    at the start of the first user message when no turn has a placeholder; a conversation that opens with an answer,
+    as VideoChat2-IT's caption tasks do, gets a first user message of the media alone). answered: an answer is required (a
     training sample; a chat's question has none yet). fold_system: for templates without a system role, the
     system text opens the first question instead."""
     if not isinstance(turns, list) or not turns:
@@ -78,9 +79,12 @@ def to_messages(turns: list[dict], media: str, markers: MediaMarkers = MediaMark
         messages.append({"role": ROLES[who], "content": text.replace(VISION, "")})
     if answered and not any(m["role"] == "assistant" for m in messages):
         raise ConversationError("the conversation has no answer (gpt turn)")
+    opening = next((i for i, m in enumerate(messages) if m["role"] != "system"), None)
+    if opening is None:
+        raise ConversationError("the conversation has no question and no answer, only a system turn")
+    if messages[opening]["role"] == "assistant":   # an instruction answered without a question (captions)
+        messages.insert(opening, {"role": "user", "content": ""})
     users = [m for m in messages if m["role"] == "user"]
-    if not users:
-        raise ConversationError("the conversation has no question (human turn)")
     if fold_system:
         system = "\n".join(m["content"] for m in messages if m["role"] == "system")
         messages = [m for m in messages if m["role"] != "system"]
@@ -96,7 +100,7 @@ def to_messages(turns: list[dict], media: str, markers: MediaMarkers = MediaMark
             continue
         break
     else:
-        users[0]["content"] = wrap + "\n" + users[0]["content"]
+        users[0]["content"] = wrap + ("\n" + users[0]["content"] if users[0]["content"] else "")
     for m in users:   # any further placeholder is plain text: the media enters once
         for placeholder in PLACEHOLDERS.values():
             m["content"] = m["content"].replace(placeholder, "")
@@ -195,7 +199,9 @@ def _shorten_question(tokenizer, turns: list[dict], over: int) -> list[dict]:
     """The turns with the first question shortened by `over` tokens from its start; with the media placeholder in
     it, the longer text on either side of the placeholder gives them up."""
     turns = [dict(t) for t in turns]
-    first = next(t for t in turns if t.get("from") == "human")
+    first = next((t for t in turns if t.get("from") == "human"), None)
+    if first is None:   # the media alone opens the conversation: nothing to shorten
+        return turns
     text = first["value"]
     placeholder = next((p for p in PLACEHOLDERS.values() if p in text), None)
     head, mark, tail = text.partition(placeholder) if placeholder else ("", "", text)
