@@ -79,6 +79,29 @@ def test_qformer_starts_from_a_bert_directory(tmp_path):
     assert all(p.requires_grad for p in last.output_query.parameters())
 
 
+def test_qformer_and_llm_flop_counts_match_torchs_flop_counter(tmp_path):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ivtrain.models.llm import LLMConfig, LoraSettings, llm_flops, load_llm
+    from ivtrain.tiny_chat import save_tiny_llm
+
+    _, qformer, _ = instructblip_pair()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        qformer(torch.randn(1, 8, 32), torch.randn(1, 20, 48), torch.randint(1, 100, (1, 7)),
+                torch.ones(1, 7, dtype=torch.bool))
+    # the counter does not see SDPA's CPU kernel: its two matmuls over the scores are added here, 4 layers of
+    # self-attention over 8 + 7 tokens and 2 of cross-attention of 8 queries over 20 vision tokens, width 32
+    attention = 4 * 4 * 15 * 15 * 32 + 2 * 4 * 8 * 20 * 32
+    assert abs((counter.get_total_flops() + attention) / qformer.flops(8, 7, 20) - 1) < 1e-6
+    lm = load_llm(LLMConfig(path=str(save_tiny_llm(tmp_path / "llm")), lora=LoraSettings(r=4),
+                            attn_implementation="eager"))   # explicit matmuls the counter sees
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        lm(inputs_embeds=torch.randn(1, 50, 64))
+    assert abs(counter.get_total_flops() / llm_flops(lm, 50) - 1) < 0.01
+
+
 # ------------------------------------------------------------------ HD tiling
 @pytest.mark.parametrize("size, grid", [
     ((1280, 720), (2, 1)),      # 16:9 -> 2 wide (ratio 2 is closer than 3:2)
@@ -240,3 +263,26 @@ def test_zeroed_vision_tokens_change_what_the_llm_sees(stage3):
     inputs = objective.prepare(batch)
     with torch.no_grad():
         assert model(**inputs)[0] != model(**inputs, zero_vision=True)[0]
+
+
+def test_a_released_internvideo2_chat_state_dict_loads_by_name(stage3):
+    from ivtrain.convert import ConversionError, load_released_chat
+
+    source, _ = stage3["build"]()
+    released = {k.replace(".base_layer.", "."): v.clone() for k, v in source.trainable.state_dict().items()}
+    assert {"vision_encoder.pos_embed", "vision_layernorm.weight", "query_tokens", "extra_query_tokens",
+            "project_up.weight", "qformer.bert.embeddings.word_embeddings.weight",
+            "lm.base_model.model.model.layers.0.self_attn.q_proj.weight",
+            "lm.base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"} <= set(released)
+    released["project_down.weight"] = torch.zeros(1)
+    target, _ = stage3["build"]()
+    with torch.no_grad():   # every weight other than the source's, frozen ones included
+        for p in target.trainable.parameters():
+            p.add_(torch.randn_like(p))
+    report = load_released_chat(target.trainable, {"model": released})
+    assert report.unused == ["project_down.weight"]
+    for key, value in source.trainable.state_dict().items():
+        assert torch.equal(target.trainable.state_dict()[key], value), key
+    del released["query_tokens"]
+    with pytest.raises(ConversionError, match="query_tokens"):
+        load_released_chat(target.trainable, released)

@@ -134,21 +134,9 @@ class IV2Stage3(Objective):
         return inputs
 
     def flops(self, batch: dict) -> dict[str, float]:
-        """Trained parts forward + backward (3x forward); the frozen LLM forward and a backward to its inputs (2x);
-        a frozen vision tower forward only."""
-        model = self.trainable
-        enc, qformer = model.vision_encoder, model.qformer
-        queries = model.queries().shape[1]
-        per_frame = enc.grid[1] * enc.grid[2]
         text = batch["qformer_ids"].shape[1] if "qformer_ids" in batch else 0
-        vision = qformer_flops = 0.0
-        for t in batch["view_frames"].tolist():
-            tokens = max(1, t // enc.cfg.tubelet_size) * per_frame
-            vision += enc.flops_per_sample(tokens)
-            qformer_flops += qformer.flops(queries, text, tokens + 1)
-        llm = sum(llm_flops(model.lm, n) for n in sequence_lengths(batch, queries))
-        return {"vision": (1.0 if model.vision_frozen else 3.0) * vision, "qformer": 3.0 * qformer_flops,
-                "llm": 2.0 * llm}
+        return stage3_flops(self.trainable, batch["view_frames"].tolist(), text,
+                            sequence_lengths(batch, self.trainable.queries().shape[1]))
 
     def count(self, batch: dict) -> int:
         return sum(sequence_lengths(batch, self.trainable.queries().shape[1]))
@@ -179,6 +167,21 @@ class IV2Stage3(Objective):
         return {"tiny_llm": str(save_tiny_llm(out / "tiny_llm")),
                 "tiny_qformer": str(save_tiny_qformer(out / "tiny_qformer")),
                 "tiny_vision": str(save_tiny_vision_run(out / "tiny_vision"))}
+
+
+def stage3_flops(model: VideoChat, view_frames: list[int], qformer_text: int, sequences: list[int]) -> dict:
+    """FLOPs of a batch of views (their frame counts) and LLM sequences (their lengths): trained parts forward +
+    backward (3x forward); the frozen LLM forward and a backward to its inputs (2x); a frozen tower forward only."""
+    enc, qformer = model.vision_encoder, model.qformer
+    queries = model.queries().shape[1]
+    per_frame = enc.grid[1] * enc.grid[2]
+    vision = bridge = 0.0
+    for t in view_frames:
+        tokens = max(1, t // enc.cfg.tubelet_size) * per_frame
+        vision += enc.flops_per_sample(tokens)
+        bridge += qformer.flops(queries, qformer_text, tokens + 1)
+    llm = sum(llm_flops(model.lm, n) for n in sequences)
+    return {"vision": (1.0 if model.vision_frozen else 3.0) * vision, "qformer": 3.0 * bridge, "llm": 2.0 * llm}
 
 
 def split_export(state_dict: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
