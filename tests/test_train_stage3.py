@@ -14,6 +14,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
+# each test starts the trainer or `iv` in fresh processes (a DeepSpeed start is most of a run): a shared 2-core
+# machine under load needs more than the default limit for the module's first test, which also builds the fixtures
+pytestmark = pytest.mark.timeout(1800)
 
 
 @pytest.fixture(scope="module")
@@ -79,16 +82,18 @@ def test_checkpoints_hold_the_adapters_and_bridge_but_no_frozen_llm_weight(strai
     from safetensors.torch import load_file
 
     tag = straight / "checkpoints" / "step00000006"
-    model_file = tag / "mp_rank_00_model_states.pt"
-    keys = set(torch.load(model_file, map_location="cpu", weights_only=False)["module"])   # DeepSpeed's own file
-    lm = {k for k in keys if k.startswith("lm.")}
+    module = torch.load(tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+    lm = {k for k in module if k.startswith("lm.")}               # DeepSpeed's own file, ours to read
     assert lm and all(".lora_A." in k or ".lora_B." in k for k in lm)
     assert {"query_tokens", "extra_query_tokens", "project_up.weight", "vision_encoder.blocks.0.attn.qkv.weight",
-            "qformer.bert.encoder.layer.0.crossattention.self.key.weight"} <= keys
-    assert not any("clip_projector" in k for k in keys)       # frozen: no output reads the pooling head
+            "qformer.bert.encoder.layer.0.crossattention.self.key.weight"} <= set(module)
+    assert not any("clip_projector" in k for k in module)     # frozen: no output reads the pooling head
     llm_dir = Path(json.loads((straight / "recipe.json").read_text())["iv2_stage3"]["llm"]["path"])
-    llm_weights = sum(p.numel() for p in load_file(str(llm_dir / "model.safetensors")).values())
-    assert model_file.stat().st_size < 4 * llm_weights       # the tiny LLM alone would not fit in it
+    base = load_file(str(llm_dir / "model.safetensors"))
+    # the optimizer holds fp32 weights and two moments of the trained parameters only (4 bytes each)
+    trained = sum(v.numel() for v in module.values())
+    optim = next(tag.glob("*optim_states.pt")).stat().st_size
+    assert optim < 12 * trained + 200_000 < 12 * (trained + sum(v.numel() for v in base.values()))
     meta = json.loads((straight / "export.json").read_text())
     assert meta["objective"] == "iv2_stage3" and set(meta["artifacts"]) == {"encoder", "bridge", "lora"}
 

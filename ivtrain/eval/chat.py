@@ -88,13 +88,21 @@ def load_chat_model(run_dir: str | Path, device: str = "auto") -> ChatModel:
 
 def media_views(chat: ChatModel, path: Path, is_image: bool) -> torch.Tensor:
     """The media file as the model's views (V, 3, T, S, S) uint8, framed as the loader frames evaluation clips."""
+    kind = "image" if is_image else "video"
     try:
-        data = path.read_bytes()
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ChatError(f"cannot read {kind} {path}: {e.strerror or e}") from None
+    return views_of(chat, data, is_image, f"{kind} {path}")
+
+
+def views_of(chat: ChatModel, data: bytes, is_image: bool, name: str = "media") -> torch.Tensor:
+    """Views of a media file's bytes (a shard member, a file's contents)."""
+    try:
         frames = decode_image(data) if is_image else decode_clip(data, chat.frames, None)[0]
-    except Exception as e:   # missing, unreadable or not a video/image: one reason, no traceback
-        kind = "image" if is_image else "video"
-        raise ChatError(f"cannot read {kind} {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
-            from None
+    except Exception as e:   # not a video/image, or one no decoder reads: one reason, no traceback
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ChatError(f"cannot read {name}: {reason}") from None
     if chat.hd_tiles:
         return hd_views(frames, chat.size, chat.hd_tiles)[0]
     return sample_views(clip_transform(frames, chat.size, False, [1.0], 1, False, None))
@@ -102,7 +110,8 @@ def media_views(chat: ChatModel, path: Path, is_image: bool) -> torch.Tensor:
 
 def answer(chat: ChatModel, views: torch.Tensor, is_image: bool, question: str, gen: Generation,
            zero_vision: bool = False) -> str:
-    """The model's answer to `question` about the media, after the conversation so far (chat.turns, updated)."""
+    """The model's answer to `question` about the media, after the conversation so far (chat.turns, updated).
+    zero_vision: the vision tokens replaced by zeros (what the answer owes to the media)."""
     media = "image" if is_image else "video"
     turns = list(chat.turns) or ([{"from": "system", "value": chat.system}] if chat.system else [])
     first = not any(t["from"] == "human" for t in turns)
