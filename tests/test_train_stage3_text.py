@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from ivtrain.data.conversation import (IGNORE, ConversationError, check_template, encode_conversation, prompt_ids,
-                                       to_messages)
+from ivtrain.data.conversation import (IGNORE, ConversationError, check_template, encode_conversation, end_of_turn,
+                                       prompt_ids, to_messages)
 
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
           "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
@@ -72,6 +72,14 @@ def test_only_answer_tokens_carry_labels_in_a_two_turn_conversation(tokenizer, t
     before, after = tokenizer.decode(enc.ids[:enc.vision_at]), tokenizer.decode(enc.ids[enc.vision_at:])
     assert before.endswith("<Video>") and after.startswith("</Video>\nWhich way")
     assert not enc.truncated and enc.exchanges_dropped == enc.answer_tokens_dropped == 0
+
+
+@pytest.mark.parametrize("template, end", [(None, "<|end|>"), (CHATML, "<|im_end|>"), (LLAMA3, "<|eot_id|>"),
+                                           (MISTRAL, "<|end|>")], ids=["tiny", "chatml", "llama3", "mistral"])
+def test_a_chat_stops_where_the_template_ends_an_answer(tokenizer, template, end):
+    if template:
+        tokenizer.chat_template = template
+    assert end_of_turn(tokenizer, fold_system=template is MISTRAL) == end   # Mistral's: its eos, "<|end|>" here
 
 
 def test_a_chat_prompt_tokenizes_as_its_training_conversation_did(tokenizer):

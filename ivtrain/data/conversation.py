@@ -127,6 +127,18 @@ def check_template(tokenizer, markers: MediaMarkers = MediaMarkers()) -> bool:
     return True
 
 
+def end_of_turn(tokenizer, fold_system: bool = False) -> str:
+    """What the template writes after an answer's text (`<|im_end|>`, `<|eot_id|>`, `</s>`), stripped: a chat stops
+    there even when the tokenizer's end-of-sequence token is another (a base model's template)."""
+    content = "Left."
+    messages = to_messages([{"from": "human", "value": "Where?"}, {"from": "gpt", "value": content}], "video",
+                           fold_system=fold_system)
+    full = render(tokenizer, messages, False)
+    start, end = answer_spans(tokenizer, messages, full)[0]
+    answer = full[start:end]
+    return answer[answer.find(content) + len(content):].strip() if content in answer else ""
+
+
 def instruction_text(turns: list[dict]) -> str:
     """What the QFormer reads (InstructBLIP): the system turn when there is one, else the first question, without
     the media placeholder."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ivtrain.config import build_recipe
-from ivtrain.data.conversation import ConversationError, instruction_text, prompt_ids, to_messages
+from ivtrain.data.conversation import ConversationError, end_of_turn, instruction_text, prompt_ids, to_messages
 from ivtrain.data.hd import hd_views
 from ivtrain.data.sampling import decode_clip
 from ivtrain.data.samples import decode_image
@@ -131,11 +131,28 @@ def answer(chat: ChatModel, views: torch.Tensor, is_image: bool, question: str, 
             [views.shape[0]], qformer, None if qformer is None else torch.ones_like(qformer, dtype=torch.bool),
             torch.tensor([enc.ids], device=dev), [enc.vision_at], [len(enc.ids)], zero_vision=zero_vision,
             max_new_tokens=gen.max_new_tokens, do_sample=gen.sample, temperature=gen.temperature if gen.sample else None,
-            top_p=gen.top_p if gen.sample else None, pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id)[0]
-    text = tokenizer.decode(out, skip_special_tokens=True).strip()
+            top_p=gen.top_p if gen.sample else None, pad_token_id=tokenizer.pad_token_id, **stops(chat))[0]
+    text = tokenizer.decode(out, skip_special_tokens=False)
+    end = end_of_turn(tokenizer, chat.text.fold_system)
+    text = text.split(end)[0] if end else text
+    for special in tokenizer.all_special_tokens:
+        text = text.replace(special, "")
+    text = text.strip()
     chat.turns = turns + [{"from": "gpt", "value": text}]
     return text
+
+
+def stops(chat: ChatModel) -> dict:
+    """Where generation stops: the tokenizer's and the model's end-of-sequence ids, and the text the chat template
+    ends an answer with (a base model's template may end turns with another token than its eos)."""
+    tokenizer = chat.text.llm_tokenizer()
+    configured = chat.model.lm.generation_config.eos_token_id
+    ids = {tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])} - {None}
+    out = {"eos_token_id": sorted(ids)}
+    end = end_of_turn(tokenizer, chat.text.fold_system)
+    if end and tokenizer.convert_tokens_to_ids(end) not in ids:
+        out.update(stop_strings=[end], tokenizer=tokenizer)
+    return out
 
 
 def export_model(run_dir: str | Path, out: str | Path, merge_lora: bool = True) -> str:
