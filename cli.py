@@ -22,7 +22,8 @@ data_app = typer.Typer(help="Data engine stages: ingest -> probe -> split -> cut
 manifest_app = typer.Typer(help="Query the manifest with SQL, select subsets, export, migrate.", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluate trained encoders.", no_args_is_help=True)
 models_app = typer.Typer(help="Model directories for demos and tests.", no_args_is_help=True)
-export_app = typer.Typer(help="Use trained encoders elsewhere: features for detection heads and retrieval.",
+export_app = typer.Typer(help="Use trained models elsewhere: encoder features for detection heads and retrieval, "
+                              "stage-3 chat models as standalone directories.",
                          no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(data_app, name="data")
@@ -411,8 +412,10 @@ data_app.command("annotate")(_annotate)
 app.command("train")(_train_cli.train)
 app.command("convert")(_train_cli.convert)
 app.command("convert-teacher")(_train_cli.convert_teacher)
+app.command("chat")(_train_cli.chat)
 eval_app.command("probe")(_train_cli.probe)
 export_app.command("features")(_train_cli.export_features)
+export_app.command("model")(_train_cli.export_model)
 
 
 def main() -> None:

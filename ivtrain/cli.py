@@ -189,3 +189,71 @@ def export_features(run: Path = typer.Argument(..., help="a finished run dir of 
         typer.echo(f"export features: {e}", err=True)
         raise typer.Exit(2)
     typer.echo(summary.line())
+
+
+def _quiet_transformers() -> None:
+    """No weight-loading progress bars or load reports between a chat's question and its answer."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
+def chat(run: Path = typer.Argument(..., help="a finished iv2_stage3 run dir, or what `iv export model` wrote"),
+         question: Optional[str] = typer.Argument(None, help="the question; none: ask questions one by one "
+                                                  "(an empty line or end of input ends the chat)"),
+         video: Optional[Path] = typer.Option(None, "--video", help="a video file"),
+         image: Optional[Path] = typer.Option(None, "--image", help="an image file"),
+         system: str = typer.Option("", "--system", help="a system message before the question"),
+         max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1),
+         sample: bool = typer.Option(False, "--sample/--greedy", help="sample the answer (default: greedy)"),
+         temperature: float = typer.Option(0.7, "--temperature", min=0.0),
+         top_p: float = typer.Option(0.9, "--top-p", min=0.0, max=1.0),
+         seed: int = typer.Option(0, "--seed"),
+         device: str = typer.Option("auto", help="auto (CUDA when present, bf16 autocast) | cpu | cuda"),
+         ) -> None:
+    """Answer questions about a video (or an image) with a stage-3 model: frames sampled as in training, the
+    question rendered by the LLM's chat template, the answer generated (greedy, or sampled with --sample)."""
+    from ivtrain.eval.chat import ChatError, Generation, answer, load_chat_model, media_views
+
+    if (video is None) == (image is None):
+        typer.echo("chat: give one of --video PATH and --image PATH", err=True)
+        raise typer.Exit(2)
+    _quiet_transformers()
+    gen = Generation(max_new_tokens, sample, temperature, top_p, seed)
+    try:
+        model = load_chat_model(run, device)
+        model.system = system
+        views = media_views(model, video or image, image is not None)
+        if question is not None:
+            typer.echo(answer(model, views, image is not None, question, gen))
+            return
+        while True:
+            try:
+                line = input("> ").strip()
+            except EOFError:
+                break
+            if not line:
+                break
+            typer.echo(answer(model, views, image is not None, line, gen))
+    except ChatError as e:
+        typer.echo(f"chat: {e}", err=True)
+        raise typer.Exit(2)
+
+
+def export_model(run: Path = typer.Argument(..., help="a finished iv2_stage3 run dir"),
+                 out: Path = typer.Argument(..., help="folder to create"),
+                 merge_lora: bool = typer.Option(False, "--merge-lora", help="write the LLM with the adapters "
+                                                 "folded in (OUT/llm, loads with plain transformers); otherwise "
+                                                 "the adapters as a peft directory (OUT/lora) over the run's LLM"),
+                 ) -> None:
+    """Write a stage-3 run as a directory that stands alone: vision tower and bridge (safetensors), the QFormer's
+    config and tokenizer, and the LLM (adapters merged with --merge-lora); `iv chat OUT` reads it."""
+    from ivtrain.eval.chat import ChatError, export_model as run_export
+
+    _quiet_transformers()
+    try:
+        typer.echo(run_export(run, out, merge_lora))
+    except ChatError as e:
+        typer.echo(f"export model: {e}", err=True)
+        raise typer.Exit(2)

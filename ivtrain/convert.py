@@ -8,6 +8,7 @@ Layouts
             (`blocks.*`, `patch_embed.*`, ..., `clip_decoder.*`, `mae_decoder.*`).
 - "stage2": the released stage-2 style: the video encoder under `vision_encoder.` (other towers
             such as text encoders are not part of this trainer and are reported as unused).
+- InternVideo2-Chat (stage 3): the stage-3 model's own names (`load_released_chat`).
 
 Loading is strict: every key the target needs must be present with its exact shape, and the
 report names every missing, unexpected and mis-shaped key.
@@ -179,3 +180,33 @@ def export_released(module: nn.Module, layout: str, path: str | Path) -> Path:
     sd = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     torch.save({"model": from_ivkit(sd, layout)}, path)
     return Path(path)
+
+
+# ---------------------------------------------------------------- InternVideo2-Chat (stage 3)
+CHAT_UNUSED = ("project_down.",)   # the released bridge back from the LLM to the QFormer: no chat output reads it
+
+
+def chat_key(model_key: str, released: dict) -> str:
+    """The released InternVideo2-Chat name of a stage-3 model key (ivtrain.models.videochat.VideoChat): the same
+    names (`vision_encoder`, `vision_layernorm`, `qformer`, `query_tokens`, `extra_query_tokens`, `project_up`,
+    `lm`), except that a checkpoint saved by a peft before `base_layer` existed names an adapted layer's own weight
+    without it."""
+    if model_key in released or ".base_layer." not in model_key:
+        return model_key
+    return model_key.replace(".base_layer.", ".")
+
+
+def load_released_chat(model: nn.Module, sd: dict) -> ShapeReport:
+    """Load a released InternVideo2-Chat state dict (vision tower, bridge, LLM with its adapters) into a stage-3
+    model; strict, with the shape report (`project_down.*` reported unused)."""
+    sd = unwrap(sd)
+    names = {key: chat_key(key, sd) for key in model.state_dict()}
+    given = {key: sd[name] for key, name in names.items() if name in sd}
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    report = compare(given, expected)
+    report.unused = sorted(k for k in set(sd) - set(names.values()) if k.startswith(CHAT_UNUSED))
+    report.unexpected = sorted(set(sd) - set(names.values()) - set(report.unused))
+    if not report.ok:
+        raise ConversionError("checkpoint does not fit the stage-3 model:\n" + str(report))
+    model.load_state_dict(given, strict=True)
+    return report

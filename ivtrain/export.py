@@ -22,7 +22,8 @@ class ExportError(FileNotFoundError):
 
 
 def write_export(out_dir: str | Path, objective: str, artifacts: dict[str, dict[str, torch.Tensor]],
-                 encoder_config: dict) -> Path:
+                 encoder_config: dict, extra: dict | None = None) -> Path:
+    """extra: more keys of export.json (an exported stage-3 model's `chat`: where its LLM and QFormer lie)."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
@@ -32,7 +33,7 @@ def write_export(out_dir: str | Path, objective: str, artifacts: dict[str, dict[
         tmp = out_dir / f".{name}.safetensors.tmp"
         save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, str(tmp))
         tmp.replace(out_dir / files[name])
-    meta = {"objective": objective, "artifacts": files, "encoder": encoder_config}
+    meta = {"objective": objective, "artifacts": files, "encoder": encoder_config, **(extra or {})}
     (out_dir / EXPORT).write_text(json.dumps(meta, indent=2))   # last: its presence means the files are whole
     return out_dir / EXPORT
 

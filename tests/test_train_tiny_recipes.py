@@ -23,7 +23,26 @@ def home(tmp_path_factory, real_videos):
     home = tmp_path_factory.mktemp("home")
     corpus = build_corpus("demo", [real_videos], home=home, cut="reencode", short_side=64, shard_maxcount=4)
     shard(corpus, ShardConfig(subset="all", shardset="deduped", maxcount=4))
+    instruction_set(corpus, home)
     return home
+
+
+def instruction_set(corpus, home: Path) -> None:
+    """The demo's instruction set: a VideoChat2-IT question about each clip, imported and sharded as `instructions`
+    (what the stage-3 tiny recipes read)."""
+    from ivdata.manifest import Manifest
+    from ivdata.pipeline import shard
+    from ivdata.stages.instructions import import_instructions
+    from ivdata.stages.shard import ShardConfig
+
+    with Manifest(corpus.manifest_path, read_only=True) as m:
+        clips = m.rows("SELECT path, duration_s FROM clips WHERE status = 'ok' ORDER BY clip_id")
+    entries = [{"video": c["path"], "QA": [{"i": "Answer questions about the video clip.", "q": "How long is it?",
+                                            "a": f"About {c['duration_s']:.1f} seconds."}]} for c in clips]
+    path = home / "instructions.json"
+    path.write_text(json.dumps(entries))
+    import_instructions(corpus, path, "videochat2", home, dataset="demo_clip_qa")
+    shard(corpus, ShardConfig(subset="all", shardset="instructions", unit="conversations", maxcount=4))
 
 
 def iv(*args, cwd: Path) -> subprocess.CompletedProcess:

@@ -15,6 +15,7 @@ import torch
 
 from ivtrain.config import DataConfig
 from ivtrain.data.audio import audio_features
+from ivtrain.data.hd import hd_views
 from ivtrain.data.index import ShardIndex
 from ivtrain.data.sampling import decode_clip
 from ivtrain.data.spec import SampleSpec
@@ -22,8 +23,9 @@ from ivtrain.data.text import choose_caption, tokenize
 from ivtrain.data.transforms import clip_transform
 
 
-# why a sample was left out of its batch (metrics data/skipped/<reason>); undecodable: any error reading it
-SKIP_REASONS = ("undecodable", "image", "no_audio", "no_caption", "no_conversation", "other")
+# why a sample was left out of its batch (metrics data/skipped/<reason>); undecodable: any error reading it;
+# bad_conversation: turns that are not {from, value}, no answer, or no answer token within the text limit
+SKIP_REASONS = ("undecodable", "image", "no_audio", "no_caption", "no_conversation", "bad_conversation", "other")
 
 
 class SkipSample(Exception):
@@ -64,8 +66,12 @@ def read_sample(index: ShardIndex, sample_id: int, epoch: int, spec: SampleSpec,
             frames = decode_image(index.read(sample_id, media))
         else:
             raise SkipSample("image")
-        flip = data.flip and meta.get("source") not in data.no_flip_sources
-        sample["video"] = clip_transform(frames, spec.video.size, data.train, data.scales, data.max_distort, flip, rng)
+        if spec.video.hd_tiles:
+            sample["video"], sample["tile_grid"] = hd_views(frames, spec.video.size, spec.video.hd_tiles)
+        else:
+            flip = data.flip and meta.get("source") not in data.no_flip_sources
+            sample["video"] = clip_transform(frames, spec.video.size, data.train, data.scales, data.max_distort, flip,
+                                             rng)
         sample["is_image"] = media != "mp4"
     if spec.audio is not None:
         # a shard set may give every sample a FLAC member (so that readers inferring one schema see the same

@@ -25,6 +25,8 @@ from typing import Any, Callable, Literal
 class VideoSpec:
     frames: int                      # frames sampled per clip (sparse uniform: one per equal segment)
     size: int                        # square side after crop and resize
+    hd_tiles: int = 0                # > 0: no crop; up to this many size x size tiles by the clip's aspect ratio
+                                     # plus a global view, as (V, 3, T, size, size) (ivtrain.data.hd)
 
 
 @dataclass(frozen=True)

@@ -17,27 +17,31 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ivtrain.models.layers import DropPath
+
 
 class TextTowerError(ValueError):
     """A text encoder directory that is not a BERT, or does not fit the recipe."""
 
 
 class SelfOutput(nn.Module):
-    """Post-norm residual: LayerNorm(dense(x) + input)."""
+    """Post-norm residual: LayerNorm(dense(x) + input), the branch through dropout and drop path (QFormer) first."""
 
-    def __init__(self, d_in: int, hidden: int, eps: float):
+    def __init__(self, d_in: int, hidden: int, eps: float, dropout: float = 0.0, drop_path: float = 0.0):
         super().__init__()
         self.dense = nn.Linear(d_in, hidden)
         self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
+        self.dropout, self.drop_path = dropout, DropPath(drop_path)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dense(x) + residual)
+        branch = self.drop_path(F.dropout(self.dense(x), self.dropout, self.training))
+        return self.LayerNorm(branch + residual)
 
 
 class Projections(nn.Module):
-    def __init__(self, hidden: int, heads: int, kv_width: int):
+    def __init__(self, hidden: int, heads: int, kv_width: int, attn_dropout: float = 0.0):
         super().__init__()
-        self.heads = heads
+        self.heads, self.attn_dropout = heads, attn_dropout
         self.query = nn.Linear(hidden, hidden)
         self.key = nn.Linear(kv_width, hidden)
         self.value = nn.Linear(kv_width, hidden)
@@ -48,14 +52,17 @@ class Projections(nn.Module):
         split = lambda t: t.reshape(b, t.shape[1], self.heads, c // self.heads).transpose(1, 2)  # noqa: E731
         q, k, v = split(self.query(x)), split(self.key(kv)), split(self.value(kv))
         bias = None if mask is None else mask[:, None, None, :]
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias).transpose(1, 2).reshape(b, n, c)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+                                             dropout_p=self.attn_dropout if self.training else 0.0)
+        return out.transpose(1, 2).reshape(b, n, c)
 
 
 class Attention(nn.Module):
-    def __init__(self, hidden: int, heads: int, eps: float, kv_width: int | None = None):
+    def __init__(self, hidden: int, heads: int, eps: float, kv_width: int | None = None, dropout: float = 0.0,
+                 attn_dropout: float = 0.0, drop_path: float = 0.0):
         super().__init__()
-        self.self = Projections(hidden, heads, kv_width or hidden)
-        self.output = SelfOutput(hidden, hidden, eps)
+        self.self = Projections(hidden, heads, kv_width or hidden, attn_dropout)
+        self.output = SelfOutput(hidden, hidden, eps, dropout, drop_path)
 
     def forward(self, x, kv=None, mask=None):
         return self.output(self.self(x, x if kv is None else kv, mask), x)
