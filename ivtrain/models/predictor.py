@@ -188,12 +188,13 @@ class ModernBertLayers(nn.Module):
                     local = key[len("model."):] if key.startswith("model.layers.") else key
                     if local in want:
                         found[want[local]] = f.get_tensor(key)
-        expected = self.layers.state_dict()
+        expected, saved = self.layers.state_dict(), {ours: theirs for theirs, ours in want.items()}
         missing = [k for k in expected if k not in found]
         wrong = [k for k in found if tuple(found[k].shape) != tuple(expected[k].shape)]
         if missing or wrong:
-            said = [f"{len(missing)} tensors missing (e.g. layers.{missing[0]})" if missing else "",
-                    f"{len(wrong)} of another shape (e.g. layers.{wrong[0]} {list(found[wrong[0]].shape)})" if wrong else ""]
+            said = [f"{len(missing)} tensors missing (e.g. {saved[missing[0]]})" if missing else "",
+                    f"{len(wrong)} of another shape (e.g. {saved[wrong[0]]} {list(found[wrong[0]].shape)}, "
+                    f"want {list(expected[wrong[0]].shape)})" if wrong else ""]
             raise ValueError(f"predictor directory {path}: its last {len(self.layers)} layers do not fit its "
                              f"config: {'; '.join(s for s in said if s)}")
         self.layers.load_state_dict(found, strict=True)
