@@ -91,6 +91,10 @@ def recon(run: Path = typer.Argument(..., help="finished InternVideo-Next stage-
           steps: Optional[int] = typer.Option(None, min=1, help="DDPM steps, evenly respaced (default: all of the "
                                               "training schedule's)"),
           seed: int = typer.Option(0),
+          temperature: float = typer.Option(1.0, min=0.0, help="scale of each step's fresh noise (0: the chain's mean "
+                                            "path)"),
+          clip: bool = typer.Option(True, "--clip/--no-clip", help="clamp each step's estimate of the pixels to the "
+                                    "range pixels can take"),
           device: str = typer.Option("auto", help="auto | cpu | cuda"),
           random_init: bool = typer.Option(False, "--random-init", help="the run's architecture untrained (baseline)"),
           ) -> None:
@@ -100,7 +104,7 @@ def recon(run: Path = typer.Argument(..., help="finished InternVideo-Next stage-
 
     try:
         result = run_recon(run, shards, out, clips=clips, steps=steps, seed=seed, device=device,
-                           random_init=random_init)
+                           random_init=random_init, temperature=temperature, clip=clip)
     except (ValueError, FileNotFoundError, ExportError, ConfigError) as e:
         typer.echo(f"recon error: {e}", err=True)
         raise typer.Exit(2)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ivtrain.config import load_recipe
-from ivtrain.data.masking import clip_noise
+from ivtrain.data.masking import clip_generator
 from ivtrain.models.patches import patchify, unpatchify
 from ivtrain.models.pos_embed import sincos_3d
 from ivtrain.models.siglip_teacher import SiglipTeacher, teacher_layers
@@ -47,7 +47,8 @@ def test_a_step_computes_every_loss_and_trains_every_part(assets):
     b, n = inputs["visible"].shape
     assert (b, n) == (2, 4 * 16) and int(inputs["visible"].sum(1)[0]) == 4 * 4     # 75 % of each frame hidden
     assert inputs["align_targets"].shape == (2, 2, 16, 48) and inputs["pooled"].shape == (2, 48)
-    assert inputs["timesteps"].shape == (2, 48) and inputs["noise"].shape == (2, 48, 3 * 8 * 8)
+    # 48 hidden patches a clip, each diffused 4 times (decoder.batch_mul)
+    assert inputs["timesteps"].shape == (2, 4 * 48) and inputs["noise"].shape == (2, 4 * 48, 3 * 8 * 8)
     # the decoder's adaLN and output layers start at zero (no gradient reaches the predictor through them then):
     # move them, as the first updates do
     for name, p in obj.trainable.decoder.named_parameters():
@@ -158,9 +159,10 @@ def test_diffusion_draws_follow_each_clips_seed(assets):
     for key in ("visible", "timesteps", "noise"):
         assert torch.equal(a[key][0], b[key][1]) and torch.equal(a[key][1], b[key][0]), key
     assert not torch.equal(a["noise"][0], a["noise"][1])
-    # the diffusion draws are not the mask's random numbers
-    mask_noise = clip_noise([5], (4 * 16 * 3 * 64,)).reshape(-1)
-    assert not torch.allclose(a["noise"][0].reshape(-1)[:100], mask_noise[:100])
+    # the diffusion draws come from a stream of their own, not from the one the mask drew from
+    same_stream = torch.randint(0, 1000, (4 * 48,), generator=clip_generator(5))
+    assert torch.equal(a["timesteps"][0], torch.randint(0, 1000, (4 * 48,), generator=clip_generator(5, 1)))
+    assert not torch.equal(a["timesteps"][0], same_stream)
 
 
 def test_export_round_trips_and_the_encoder_rebuilds_for_evaluations(assets):

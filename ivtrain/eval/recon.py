@@ -45,17 +45,27 @@ def load_run(run_dir: str | Path, device: torch.device, random_init: bool = Fals
     return objective
 
 
+def pixel_range(mean: list[float], std: list[float], patch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(low, high) of each value of a channel-first patch: pixels in [0, 1] as the data normalizes them."""
+    m, s = torch.tensor(mean, device=device), torch.tensor(std, device=device)
+    return ((0 - m) / s).repeat_interleave(patch * patch), ((1 - m) / s).repeat_interleave(patch * patch)
+
+
 @torch.no_grad()
-def reconstruct(objective, batch: dict, steps: int | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
+def reconstruct(objective, batch: dict, steps: int | None = None, seed: int = 0, temperature: float = 1.0,
+                clip: bool = True) -> dict[str, torch.Tensor]:
     """Patches (B, N, 3 p p) of the clip, of its DDPM reconstruction and of its mean-fill (the visible patches kept
-    in both), the visible mask (B, N) and the normalized clip."""
+    in both), the visible mask (B, N) and the normalized clip. `clip`: the sampler's x_0 estimates are clamped to
+    the range of normalized pixels."""
     inputs = objective.prepare(batch)
-    student = objective.trainable
+    student, data = objective.trainable, objective.recipe.data
     video, visible = inputs["video"], inputs["visible"]
     cfg = student.encoder.cfg
     z = student.conditions(student.encoder(video, visible).tokens, visible)                 # (B, N_hidden, Z)
     noise = torch.randn(z.shape[0] * z.shape[1], student.decoder.channels, generator=torch.Generator().manual_seed(seed))
-    sampled = student.decoder.sample(z.flatten(0, 1), noise.to(z.device), steps, torch.Generator().manual_seed(seed + 1))
+    bounds = pixel_range(data.mean, data.std, cfg.patch_size, z.device) if clip else None
+    fresh = torch.Generator().manual_seed(seed + 1)
+    sampled = student.decoder.sample(z.flatten(0, 1), noise.to(z.device), steps, fresh, temperature, bounds)
     truth = patchify(video.float(), cfg.patch_size, cfg.tubelet_size, order="cthw")        # (B, N, 3 p p)
     hidden = ~visible
     recon = truth.clone()
@@ -91,7 +101,8 @@ def preview_rows(out: dict, grid, patch: int, mean, std, min_side: int = 96) -> 
 
 
 def run_recon(run_dir: str | Path, shards: str, out: str | Path, clips: int = 4, steps: int | None = None,
-              seed: int = 0, device: str = "auto", random_init: bool = False) -> dict:
+              seed: int = 0, device: str = "auto", random_init: bool = False, temperature: float = 1.0,
+              clip: bool = True) -> dict:
     """Reconstruct the first `clips` clips of `shards` (whole batches of up to 16), write the PNG grid to `out`,
     return the errors."""
     from PIL import Image
@@ -110,7 +121,7 @@ def run_recon(run_dir: str | Path, shards: str, out: str | Path, clips: int = 4,
             break
         if not batch["size"]:
             continue
-        result = reconstruct(objective, batch, steps, seed + done)
+        result = reconstruct(objective, batch, steps, seed + done, temperature, clip)
         hidden = ~result["visible"]
         for name in sums:
             sums[name] += float(((result[name] - result["truth"])[hidden] ** 2).sum())
@@ -123,4 +134,4 @@ def run_recon(run_dir: str | Path, shards: str, out: str | Path, clips: int = 4,
     Image.fromarray(np.concatenate(rows, axis=0)).save(out)
     return {"clips": done, "mse_ddpm": sums["recon"] / values, "mse_mean_fill": sums["mean_fill"] / values,
             "hidden_values": values, "steps": steps or objective.trainable.decoder.diffusion.num_timesteps,
-            "png": str(out)}
+            "temperature": temperature, "clip": clip, "png": str(out)}

@@ -112,9 +112,10 @@ class SimpleMLPAdaLN(nn.Module):
 class DiffusionDecoder(nn.Module):
     """The decoder and its diffusion process: `loss` for training, `sample` for reconstruction."""
 
-    def __init__(self, channels: int, z_channels: int, width: int, depth: int, steps: int = 1000):
+    def __init__(self, channels: int, z_channels: int, width: int, depth: int, steps: int = 1000,
+                 batch_mul: int = 1):
         super().__init__()
-        self.channels = channels
+        self.channels, self.batch_mul = channels, batch_mul
         self.net = SimpleMLPAdaLN(channels, width, z_channels, depth)
         self.diffusion = GaussianDiffusion.cosine(steps)
 
@@ -126,10 +127,12 @@ class DiffusionDecoder(nn.Module):
 
     @torch.no_grad()
     def sample(self, z: torch.Tensor, noise: torch.Tensor, steps: int | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, temperature: float = 1.0,
+               clip: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """DDPM samples (N, C) for conditions z (N, Z), from x_T = noise, over `steps` evenly spaced steps
-        (all of them by default)."""
+        (all of them by default); `temperature` scales each step's fresh noise (the release's sampling knob);
+        `clip`: the range (low, high) per channel the x_0 estimates are clamped to."""
         diffusion = self.diffusion if steps in (None, self.diffusion.num_timesteps) else self.diffusion.respaced(steps)
         with torch.autocast(z.device.type, enabled=False):
-            return diffusion.sample(lambda x, s: self.net(x, s, z), noise.float(), generator)
+            return diffusion.sample(lambda x, s: self.net(x, s, z), noise.float(), generator, temperature, clip)
 

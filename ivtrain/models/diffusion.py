@@ -22,6 +22,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ivtrain.data.masking import clip_generator
+
 LOG2 = math.log(2.0)
 
 
@@ -61,6 +63,18 @@ def evenly_spaced(num_timesteps: int, count: int) -> list[int]:
         raise ValueError(f"cannot sample with {count} of {num_timesteps} diffusion steps")
     stride = (num_timesteps - 1) / (count - 1) if count > 1 else 1
     return sorted({round(i * stride) for i in range(count)})
+
+
+def training_draws(seeds: list[int] | None, clips: int, count: int, channels: int, steps: int,
+                   stream: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Timesteps (clips, count) uniform in [0, steps) and noise (clips, count, channels) for the training loss:
+    each clip's from its own seed on its own random stream (a replayed step replays its loss, whichever rank or
+    batch position the clip has), or from the global RNG without seeds."""
+    if seeds is None:
+        return torch.randint(0, steps, (clips, count)), torch.randn(clips, count, channels)
+    generators = [clip_generator(seed, stream) for seed in seeds]
+    t = torch.stack([torch.randint(0, steps, (count,), generator=g) for g in generators])
+    return t, torch.stack([torch.randn(count, channels, generator=g) for g in generators])
 
 
 # a denoiser: (x_t (N, C), model timesteps (N,)) -> (N, 2C): predicted noise, then v in [-1, 1]
@@ -115,13 +129,17 @@ class GaussianDiffusion:
         mean = self.at("posterior_mean_coef1", t, xt) * x0 + self.at("posterior_mean_coef2", t, xt) * xt
         return mean, self.at("posterior_variance", t, xt), self.at("posterior_log_variance_clipped", t, xt)
 
-    def p_mean_variance(self, output: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The model's p(x_{t-1} | x_t) from its output (N, 2C): mean, log variance and its estimate of x_0."""
+    def p_mean_variance(self, output: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
+                        clip: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The model's p(x_{t-1} | x_t) from its output (N, 2C): mean, log variance and its estimate of x_0
+        (clamped to [low, high] per channel with `clip`, the range the data can take)."""
         eps, v = output.split(xt.shape[-1], dim=-1)
         low, high = self.at("posterior_log_variance_clipped", t, xt), self.at("log_betas", t, xt)
         frac = (v + 1.0) / 2.0
         log_variance = frac * high + (1.0 - frac) * low
         pred_x0 = self.at("sqrt_recip_alphas_cumprod", t, xt) * xt - self.at("sqrt_recipm1_alphas_cumprod", t, xt) * eps
+        if clip is not None:
+            pred_x0 = torch.maximum(torch.minimum(pred_x0, clip[1]), clip[0])
         mean, _, _ = self.q_posterior(pred_x0, xt, t)
         return {"mean": mean, "log_variance": log_variance, "pred_x0": pred_x0}
 
@@ -145,13 +163,16 @@ class GaussianDiffusion:
 
     @torch.no_grad()
     def sample(self, model: Denoiser, noise: torch.Tensor, generator: torch.Generator | None = None,
-               temperature: float = 1.0) -> torch.Tensor:
+               temperature: float = 1.0, clip: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Ancestral sampling from x_T = noise (N, C) down to x_0; the fresh noise of each step from `generator`
-        (on the CPU, so a seed gives the same sample on any device)."""
+        (on the CPU, so a seed gives the same sample on any device). `clip`: (low, high) per channel, each step's
+        estimate of x_0 is clamped to it (improved DDPM's clip_denoised, there for data in [-1, 1]): the first
+        steps divide the noise estimate's error by sqrt(alpha_bar) ~ 5e-5, and without the clamp an imperfect
+        denoiser's chain runs away."""
         x = noise
         for i in reversed(range(self.num_timesteps)):
             t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
-            p = self.p_mean_variance(model(x, self.timestep_map.to(x.device)[t]), x, t)
+            p = self.p_mean_variance(model(x, self.timestep_map.to(x.device)[t]), x, t, clip)
             if i == 0:
                 return p["mean"]
             z = torch.randn(x.shape, generator=generator).to(x.device)

@@ -30,10 +30,11 @@ import torch
 import torch.nn as nn
 
 from ivtrain.config import ConfigError, Recipe
-from ivtrain.data.masking import clip_generator, make_mask, visible_per_frame
+from ivtrain.data.masking import make_mask, visible_per_frame
 from ivtrain.data.spec import SampleSpec, VideoSpec
 from ivtrain.data.transforms import normalize
 from ivtrain.models.denoiser import DiffusionDecoder
+from ivtrain.models.diffusion import training_draws
 from ivtrain.models.heads import MLPHead, cosine_distance, linear_flops
 from ivtrain.models.patches import patchify
 from ivtrain.models.pos_embed import sincos_3d
@@ -74,6 +75,8 @@ class DecoderConfig:
     width: int = 1536
     depth: int = 6
     steps: int = 1000                # diffusion steps (cosine schedule)
+    batch_mul: int = 1               # each hidden patch diffused this many times a step (the release's
+                                     # diffusion_batch_mul: 1 for B and L; MAR's 4)
 
 
 @dataclass
@@ -144,10 +147,10 @@ class NextStage1Student(nn.Module):
         loss_pooled = cosine_distance(self.final_clip_decoder(out.pooled), pooled)
         loss = w_align * loss_align + w_pool * loss_pooled
         metrics = {"loss/align": loss_align.detach(), "loss/pooled": loss_pooled.detach()}
-        if self.decoder is not None:
-            z = self.conditions(out.tokens, visible)
-            terms = self.decoder.loss(self.targets(video, visible).flatten(0, 1), z.flatten(0, 1),
-                                      timesteps.flatten(), noise.flatten(0, 1))
+        if self.decoder is not None:   # each clip's hidden patches, repeated batch_mul times
+            mul = self.decoder.batch_mul
+            z, x0 = self.conditions(out.tokens, visible).repeat(1, mul, 1), self.targets(video, visible).repeat(1, mul, 1)
+            terms = self.decoder.loss(x0.flatten(0, 1), z.flatten(0, 1), timesteps.flatten(), noise.flatten(0, 1))
             loss = loss + w_diff * terms["loss"].mean()
             metrics.update({f"loss/diffusion{'' if k == 'loss' else '_' + k}": v.mean().detach()
                             for k, v in terms.items()})
@@ -206,27 +209,13 @@ class NextStage1(Objective):
             layers.load_from(cfg.predictor.path)
             predictor = Predictor(vit.embed_dim, encoder.grid, encoder.num_cls, layers, vit.train_pos_embed)
             decoder = DiffusionDecoder(3 * vit.patch_size ** 2, arch.hidden, cfg.decoder.width, cfg.decoder.depth,
-                                       cfg.decoder.steps)
+                                       cfg.decoder.steps, cfg.decoder.batch_mul)
         self.trainable = NextStage1Student(encoder, self.teacher.hidden_size, k, self.teacher.pooled_dim, predictor,
                                            decoder, (cfg.loss.align_weight, cfg.loss.pooled_weight,
                                                      cfg.loss.diffusion_weight))
 
     def sample_spec(self) -> SampleSpec:
         return SampleSpec(video=VideoSpec(frames=self.recipe.data.num_frames, size=self.recipe.data.image_size))
-
-    def diffusion_draws(self, seeds: list[int] | None, clips: int, hidden: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each clip's timesteps (B, hidden) and noise (B, hidden, 3 p p), from its own seed when the loader gives
-        one (a replayed step replays its loss), else from the global RNG."""
-        decoder = self.trainable.decoder
-        shapes = ((hidden,), (hidden, decoder.channels))
-        steps = decoder.diffusion.num_timesteps
-        if seeds is None:
-            t, noise = torch.randint(0, steps, (clips, *shapes[0])), torch.randn(clips, *shapes[1])
-        else:
-            gens = [clip_generator(s, DIFFUSION_STREAM) for s in seeds]
-            t = torch.stack([torch.randint(0, steps, shapes[0], generator=g) for g in gens])
-            noise = torch.stack([torch.randn(shapes[1], generator=g) for g in gens])
-        return t.to(self.device), noise.to(self.device)
 
     @torch.no_grad()
     def prepare(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -241,8 +230,11 @@ class NextStage1(Objective):
         k, c = target.layers.shape[0], target.layers.shape[-1]
         layers = target.layers.reshape(k, b, t * p, c)[:, visible].reshape(k, b, -1, c)
         inputs = {"video": video, "visible": visible, "align_targets": layers, "pooled": target.pooled}
-        if self.trainable.decoder is not None:
-            inputs["timesteps"], inputs["noise"] = self.diffusion_draws(seeds, b, t * p - int(visible[0].sum()))
+        decoder = self.trainable.decoder
+        if decoder is not None:   # each hidden patch is diffused decoder.batch_mul times
+            count = (t * p - int(visible[0].sum())) * decoder.batch_mul
+            draws = training_draws(seeds, b, count, decoder.channels, decoder.diffusion.num_timesteps, DIFFUSION_STREAM)
+            inputs["timesteps"], inputs["noise"] = (x.to(self.device) for x in draws)
         return inputs
 
     def flops_per_sample(self) -> dict[str, float]:
@@ -259,7 +251,8 @@ class NextStage1(Objective):
             tokens = enc.num_cls + enc.num_patches
             pred = student.predictor
             out["predictor"] = 3.0 * (tokens * linear_flops(pred.to_bert_proj) + pred.bert.flops(tokens))
-            out["decoder"] = 3.0 * (enc.num_patches - visible) * linear_flops(student.decoder.net)
+            patches = (enc.num_patches - visible) * student.decoder.batch_mul
+            out["decoder"] = 3.0 * patches * linear_flops(student.decoder.net)
         return out
 
     def flops(self, batch: dict) -> dict[str, float]:
