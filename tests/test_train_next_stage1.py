@@ -210,3 +210,28 @@ def test_the_import_check_finds_a_missing_import(tmp_path, monkeypatch):
     (tmp_path / "broken_entry.py").write_text("import os\n\n\ndef main():\n    return os.getcwd(), json.dumps({})\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert undefined_globals(importlib.import_module("broken_entry")) == {"json"}
+
+
+def test_a_siglip2_teacher_runs_at_the_students_grid(tmp_path):
+    """SigLIP2 (any resolution) takes the student's grid at its own patch: its patches are laid out as its image
+    processor lays them out (row-major, each patch row, column, channel), and its position table is resized to it."""
+    from transformers import Siglip2VisionConfig, Siglip2VisionModel
+    from transformers.models.siglip2.image_processing_pil_siglip2 import convert_image_to_patches
+
+    torch.manual_seed(0)
+    config = Siglip2VisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                                 patch_size=16, num_patches=64)
+    Siglip2VisionModel(config).save_pretrained(tmp_path / "siglip2")
+    teacher = SiglipTeacher(tmp_path / "siglip2", count=2)
+    assert teacher.image_size is None and teacher.size_for(4) == 64 and teacher.size_for(6) == 96
+    frames = torch.randn(1, 3, 2, 32, 32)
+    out = teacher(frames, 4)
+    assert out.layers.shape == (2, 1, 2, 16, 48) and out.attention.shape == (1, 2, 16)
+    images = torch.nn.functional.interpolate(teacher.input_norm(frames).transpose(1, 2).reshape(2, 3, 32, 32),
+                                             size=(64, 64), mode="bicubic", align_corners=False)
+    patches = torch.stack([torch.from_numpy(convert_image_to_patches(image.numpy(), 16)) for image in images])
+    reference = teacher.tower(pixel_values=patches, pixel_attention_mask=torch.ones(2, 16, dtype=torch.long),
+                              spatial_shapes=torch.tensor([[4, 4], [4, 4]]), output_hidden_states=True)
+    want = torch.nn.functional.normalize(reference.pooler_output, dim=-1).mean(0, keepdim=True)
+    assert torch.allclose(out.pooled, want, atol=1e-5)
+    assert torch.allclose(out.layers[0, 0], reference.hidden_states[1], atol=1e-5)
