@@ -6,8 +6,8 @@ process's peak memory.
 The teacher and ModernBERT directories are random-weight stand-ins with the released architectures (no weights can
 be downloaded here), written once under the work dir. The step runs the objective directly (no DeepSpeed, no
 loader: a batch of random uint8 clips). Parts are timed twice: inside whole steps (each part's forward and backward
-told apart by hooks, PartClock), and as isolated forward + backward passes of each part on a step's inputs. Peak memory is the
-process's max RSS (weights, optimizer state, activations and the teacher together).
+told apart by hooks, PartClock), and as isolated forward + backward passes of each part on a step's inputs. Peak
+memory is the process's max RSS (weights, optimizer state, activations and the teacher together).
 
 Usage: python bench/next_stage1_step.py [WORK_DIR] [--steps N] [--teacher-dtype bf16|fp32]
 """

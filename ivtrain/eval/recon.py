@@ -62,7 +62,8 @@ def reconstruct(objective, batch: dict, steps: int | None = None, seed: int = 0,
     video, visible = inputs["video"], inputs["visible"]
     cfg = student.encoder.cfg
     z = student.conditions(student.encoder(video, visible).tokens, visible)                 # (B, N_hidden, Z)
-    noise = torch.randn(z.shape[0] * z.shape[1], student.decoder.channels, generator=torch.Generator().manual_seed(seed))
+    noise = torch.randn(z.shape[0] * z.shape[1], student.decoder.channels,
+                        generator=torch.Generator().manual_seed(seed))
     bounds = pixel_range(data.mean, data.std, cfg.patch_size, z.device) if clip else None
     fresh = torch.Generator().manual_seed(seed + 1)
     sampled = student.decoder.sample(z.flatten(0, 1), noise.to(z.device), steps, fresh, temperature, bounds)

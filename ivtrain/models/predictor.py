@@ -65,19 +65,20 @@ def read_modernbert(path: str | Path) -> ModernBertArch:
     types = tuple(raw.get("layer_types") or ("sliding_attention" if i % every else "full_attention"
                                              for i in range(depth)))
     rope = raw.get("rope_parameters") or {}
-    theta = {"full_attention": (rope.get("full_attention") or {}).get("rope_theta", raw.get("global_rope_theta", 160000.0)),
-             "sliding_attention": (rope.get("sliding_attention") or {}).get("rope_theta",
-                                                                            raw.get("local_rope_theta", 10000.0))}
-    kinds = {(p or {}).get("rope_type", "default") for p in rope.values()} | {"default"}
+    legacy = {"full_attention": raw.get("global_rope_theta", 160000.0),     # transformers 4.x names
+              "sliding_attention": raw.get("local_rope_theta", 10000.0)}
+    theta = {kind: (rope.get(kind) or {}).get("rope_theta", base) for kind, base in legacy.items()}
+    kinds = {str((p or {}).get("rope_type", "default")) for p in rope.values()} - {"default"}
     arch = ModernBertArch(hidden=int(raw.get("hidden_size", 768)), heads=int(raw.get("num_attention_heads", 12)),
                           intermediate=int(raw.get("intermediate_size", 1152)), layer_types=types,
                           window=int(raw.get("local_attention", 128)) // 2, rope_theta=theta,
                           norm_eps=float(raw.get("norm_eps", 1e-5)), norm_bias=bool(raw.get("norm_bias", False)),
-                          attention_bias=bool(raw.get("attention_bias", False)), mlp_bias=bool(raw.get("mlp_bias", False)),
+                          attention_bias=bool(raw.get("attention_bias", False)),
+                          mlp_bias=bool(raw.get("mlp_bias", False)),
                           activation=raw.get("hidden_activation", "gelu"))
     problems = [f"{len(types)} layer types for {depth} layers" if len(types) != depth else "",
                 f"unknown layer kinds {sorted(set(types) - set(KINDS))}" if set(types) - set(KINDS) else "",
-                f"rope types {sorted(map(str, kinds - {'default'}))} (only the default RoPE)" if kinds != {"default"} else "",
+                f"rope types {sorted(kinds)} (only the default RoPE)" if kinds else "",
                 "rope_scaling (only the default RoPE)" if raw.get("rope_scaling") else "",
                 f"activation {arch.activation!r}" if arch.activation not in ACTIVATIONS else "",
                 f"hidden size {arch.hidden} not divisible by {arch.heads} heads" if arch.hidden % arch.heads else ""]

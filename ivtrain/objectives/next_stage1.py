@@ -140,7 +140,7 @@ class NextStage1Student(nn.Module):
     def forward(self, video: torch.Tensor, visible: torch.Tensor, align_targets: torch.Tensor, pooled: torch.Tensor,
                 timesteps: torch.Tensor | None = None, noise: torch.Tensor | None = None):
         """video (B,3,T,H,W) normalized; visible (B,N); align_targets (K,B,N_visible,C); pooled (B,C);
-        timesteps (B, N_hidden) and noise (B, N_hidden, 3 p p) for the diffusion loss."""
+        timesteps (B, M) and noise (B, M, 3 p p) for the diffusion loss, M = N_hidden x decoder.batch_mul."""
         out = self.encoder(video, visible, return_layers=self.align_index)
         w_align, w_pool, w_diff = self.weights
         loss_align = cosine_distance(self.aligned(out.layers, visible), align_targets)
@@ -149,8 +149,9 @@ class NextStage1Student(nn.Module):
         metrics = {"loss/align": loss_align.detach(), "loss/pooled": loss_pooled.detach()}
         if self.decoder is not None:   # each clip's hidden patches, repeated batch_mul times
             mul = self.decoder.batch_mul
-            z, x0 = self.conditions(out.tokens, visible).repeat(1, mul, 1), self.targets(video, visible).repeat(1, mul, 1)
-            terms = self.decoder.loss(x0.flatten(0, 1), z.flatten(0, 1), timesteps.flatten(), noise.flatten(0, 1))
+            z = self.conditions(out.tokens, visible).repeat(1, mul, 1).flatten(0, 1)
+            x0 = self.targets(video, visible).repeat(1, mul, 1).flatten(0, 1)
+            terms = self.decoder.loss(x0, z, timesteps.flatten(), noise.flatten(0, 1))
             loss = loss + w_diff * terms["loss"].mean()
             metrics.update({f"loss/diffusion{'' if k == 'loss' else '_' + k}": v.mean().detach()
                             for k, v in terms.items()})
