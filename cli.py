@@ -416,6 +416,7 @@ app.command("chat")(_train_cli.chat)
 eval_app.command("probe")(_train_cli.probe)
 export_app.command("features")(_train_cli.export_features)
 export_app.command("model")(_train_cli.export_model)
+eval_app.command("recon")(_train_cli.recon)
 
 
 def main() -> None:

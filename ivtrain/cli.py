@@ -97,6 +97,33 @@ def probe(train_shards: str = typer.Argument(..., help="labeled shards to fit th
         out.write_text(text)
 
 
+def recon(run: Path = typer.Argument(..., help="finished InternVideo-Next stage-1 run dir (recipe.json + export)"),
+          shards: str = typer.Argument(..., help="shards to reconstruct clips of (.wids.json, .txt, dir)"),
+          out: Path = typer.Option(..., "--out", help="the PNG grid to write"),
+          clips: int = typer.Option(4, min=1, help="clips to reconstruct (the first ones, centre crop)"),
+          steps: Optional[int] = typer.Option(None, min=1, help="DDPM steps, evenly respaced (default: all of the "
+                                              "training schedule's)"),
+          seed: int = typer.Option(0),
+          temperature: float = typer.Option(1.0, min=0.0, help="scale of each step's fresh noise (0: the chain's mean "
+                                            "path)"),
+          clip: bool = typer.Option(True, "--clip/--no-clip", help="clamp each step's estimate of the pixels to the "
+                                    "range pixels can take"),
+          device: str = typer.Option("auto", help="auto | cpu | cuda"),
+          random_init: bool = typer.Option(False, "--random-init", help="the run's architecture untrained (baseline)"),
+          ) -> None:
+    """DDPM reconstruction of the hidden patches: a PNG per clip (frames, mask, reconstruction), MSE vs mean-fill."""
+    from ivtrain.eval.recon import run_recon
+    from ivtrain.export import ExportError
+
+    try:
+        result = run_recon(run, shards, out, clips=clips, steps=steps, seed=seed, device=device,
+                           random_init=random_init, temperature=temperature, clip=clip)
+    except (ValueError, FileNotFoundError, ExportError, ConfigError) as e:
+        typer.echo(f"recon error: {e}", err=True)
+        raise typer.Exit(2)
+    typer.echo(json.dumps(result, indent=2))
+
+
 def convert(source: Path = typer.Argument(..., help="a finished run dir, or a checkpoint: released .pth (stage-1 or "
                                           "stage-2 layout), or safetensors in ivkit's layout"),
             out: Path = typer.Argument(..., help="output file (.pth with {'model': ...}, or .safetensors)"),

@@ -1,4 +1,5 @@
-"""Write tiny teachers for CPU runs: a tiny CLIP image tower and a tiny VideoMAE.
+"""Write tiny teachers for CPU runs: a tiny CLIP image tower and a tiny VideoMAE (InternVideo2 stage 1), a tiny
+SigLIP image tower and a tiny ModernBERT (InternVideo-Next's teacher and predictor).
 
 `python -m ivtrain.tiny_teachers OUT_DIR [--shards S --steps N]` writes OUT_DIR/tiny_clip and
 OUT_DIR/tiny_videomae. With --shards, the VideoMAE is first trained as a masked-pixel model on
@@ -29,6 +30,36 @@ def save_tiny_clip_teacher(path: str | Path, image_size: int = 32, patch_size: i
                            intermediate_size=hidden * 2, num_hidden_layers=layers, num_attention_heads=4,
                            projection_dim=projection_dim)
     CLIPVisionModelWithProjection(cfg).save_pretrained(path)
+    return Path(path)
+
+
+def save_tiny_siglip_teacher(path: str | Path, image_size: int = 64, patch_size: int = 16, hidden: int = 48,
+                             layers: int = 4, seed: int = 0) -> Path:
+    """Write a randomly initialized tiny SigLIP image tower (with its attention-pooling head) to `path`: 64 px at
+    patch 16 is the 4 x 4 grid of the tiny student's 32 px at patch 8, as SigLIP2's 256 px at patch 16 is the
+    16 x 16 of a 224 px, patch 14 student."""
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(seed)
+    cfg = SiglipVisionConfig(image_size=image_size, patch_size=patch_size, hidden_size=hidden,
+                             intermediate_size=hidden * 2, num_hidden_layers=layers, num_attention_heads=4)
+    SiglipVisionModel(cfg).save_pretrained(path)
+    return Path(path)
+
+
+def save_tiny_modernbert(path: str | Path, hidden: int = 64, layers: int = 6, heads: int = 4,
+                         local_attention: int = 8, seed: int = 0) -> Path:
+    """Write a randomly initialized tiny ModernBERT masked LM to `path` (the predictor's source): global attention
+    every third layer, the others a window of local_attention / 2 tokens each side (8 -> 4: smaller than the tiny
+    student's sequence of 4 CLS + 64 tokens, so the window matters)."""
+    from transformers import ModernBertConfig, ModernBertForMaskedLM
+
+    torch.manual_seed(seed)
+    cfg = ModernBertConfig(vocab_size=64, hidden_size=hidden, intermediate_size=hidden * 3 // 2,
+                           num_hidden_layers=layers, num_attention_heads=heads, local_attention=local_attention,
+                           global_attn_every_n_layers=3, max_position_embeddings=512, pad_token_id=0,
+                           bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
+    ModernBertForMaskedLM(cfg).save_pretrained(path)
     return Path(path)
 
 

@@ -81,3 +81,10 @@ step "train: InternVideo2 stage 1 (tiny ViT, CPU, DeepSpeed ZeRO 1) on the shard
 $IV train recipes/iv2_stage1_tiny.yaml --set assets=runs/demo/assets \
   --set train.out_dir=runs/demo/iv2_stage1_tiny --set train.steps=10 --set data.num_workers=1
 ls -l runs/demo/iv2_stage1_tiny/export.json runs/demo/iv2_stage1_tiny/encoder.safetensors runs/demo/iv2_stage1_tiny/checkpoints
+
+step "train: InternVideo-Next stage 1 (tiny ViT + ModernBERT predictor + diffusion decoder, SigLIP teacher) on the same shards"
+$IV train recipes/next_stage1_tiny.yaml --set assets=runs/demo/assets \
+  --set train.out_dir=runs/demo/next_stage1_tiny --set train.steps=10 --set data.num_workers=1
+step "reconstruct hidden patches of two clips by DDPM (the PNG: frames, mask, reconstruction per clip)"
+$IV eval recon runs/demo/next_stage1_tiny corpora/demo/shards/deduped/deduped.wids.json \
+  --out runs/demo/next_stage1_tiny/recon.png --clips 2 --steps 100

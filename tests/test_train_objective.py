@@ -9,8 +9,9 @@ from ivtrain.config import load_recipe
 from ivtrain.data.masking import (attention_guided_mask, clip_noise, make_mask, random_mask, tube_mask,
                                   visible_per_frame)
 from ivtrain.data.transforms import normalize
+from ivtrain.models.heads import cosine_distance
+from ivtrain.objectives.iv2_stage1 import IV2Stage1
 from ivtrain.tiny_teachers import save_tiny_clip_teacher, save_tiny_videomae_teacher
-from ivtrain.objectives.iv2_stage1 import IV2Stage1, cosine_distance
 
 
 @pytest.fixture(scope="module")

@@ -59,7 +59,8 @@ def assets(home):
 
 
 def test_models_tiny_writes_training_and_annotation_models(assets):
-    for name in ("tiny_clip", "tiny_videomae", "annotate/captioner", "annotate/tagger", "annotate/llm"):
+    for name in ("tiny_clip", "tiny_videomae", "tiny_siglip", "tiny_modernbert", "annotate/captioner", "annotate/tagger",
+                 "annotate/llm"):
         assert (assets / name / "config.json").is_file(), name
 
 

@@ -26,13 +26,22 @@ def _scatter_visible(index: torch.Tensor, size: int) -> torch.Tensor:
     return visible.scatter_(-1, index, True)
 
 
+def clip_generator(seed: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator for one clip's draws of one kind: stream 0 (the mask) is seeded with the clip's seed itself,
+    any other stream (e.g. diffusion noise) with the seed mixed with the stream number, so that the kinds do not
+    share their random numbers."""
+    if stream:
+        seed = (seed * 0x9E3779B97F4A7C15 + stream * 0xBF58476D1CE4E5B9) % 2**63
+    return torch.Generator().manual_seed(seed)
+
+
 def clip_noise(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
     """Uniform noise in (0, 1) of `shape` for each clip, drawn on the CPU from that clip's own seed: a clip's mask
     is then the same whichever rank, batch or device it lands on (the engine's resume across world sizes
     relies on this, and a CPU run masks exactly as a CUDA run)."""
     noise = torch.empty(len(seeds), *shape)
     for row, seed in zip(noise, seeds):
-        row.uniform_(generator=torch.Generator().manual_seed(seed))
+        row.uniform_(generator=clip_generator(seed))
     return noise.clamp_(1e-12, 1 - 1e-7)
 
 

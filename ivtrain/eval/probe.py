@@ -92,7 +92,7 @@ def require_labels(labels: list, shards: str) -> None:
 @torch.no_grad()
 def encoded_batches(encoder: InternVideo2, data: DataConfig, index: ShardIndex, device: torch.device,
                     seed: int = 0, epoch: int = 0, advance=None):
-    """(tokens (B, 1 + N, dim) on `device`, raw labels) for each batch of one pass over `index` in the
+    """(tokens (B, cls + N, dim) on `device`, raw labels) for each batch of one pass over `index` in the
     loader's order for (seed, epoch); the last partial batch kept. On CUDA under bf16 autocast."""
     frames = encoder.cfg.num_frames
     loader, _ = video_loader(data, frames, seed=seed, start=epoch * len(index), epochs=epoch + 1, index=index,
@@ -115,7 +115,7 @@ def prepare_encoder(encoder: InternVideo2, device: torch.device) -> InternVideo2
 
 
 def tokens_per_clip(encoder: InternVideo2) -> int:
-    return encoder.num_patches + 1
+    return encoder.num_patches + encoder.num_cls
 
 
 def cache_bytes(encoder: InternVideo2, clips: int, dtype: torch.dtype = torch.float32) -> int:
@@ -125,7 +125,7 @@ def cache_bytes(encoder: InternVideo2, clips: int, dtype: torch.dtype = torch.fl
 def encode_set(encoder: InternVideo2, config: dict, shards: str, batch_size: int = 8,
                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                index: ShardIndex | None = None) -> tuple[torch.Tensor, list]:
-    """(N, 1 + tokens, dim) features on the CPU, in `dtype`, and the raw labels of every clip in `shards`,
+    """(N, cls + tokens, dim) features on the CPU, in `dtype`, and the raw labels of every clip in `shards`,
     in shard order (undecodable clips left out). Written into one preallocated tensor: no second copy."""
     device = torch.device(device)
     data = eval_data(config, shards, batch_size)

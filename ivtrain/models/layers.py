@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from ivtrain.models.attention import attention
+from ivtrain.models.patches import patchify
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
@@ -147,9 +148,21 @@ class AttentionPooling(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    def __init__(self, patch: int, tubelet: int, dim: int):
+    """A Conv3d over (tubelet, patch, patch) cells. With `norm` (InternVideo-Next's "dual norm"), each flattened
+    patch (time, row, column, channel order) is RMS-normalized before the projection, and the embedding after it;
+    the projection is then applied as the same kernel laid out over that flattened patch."""
+
+    def __init__(self, patch: int, tubelet: int, dim: int, norm: bool = False):
         super().__init__()
+        self.patch, self.tubelet = patch, tubelet
         self.proj = nn.Conv3d(3, dim, kernel_size=(tubelet, patch, patch), stride=(tubelet, patch, patch))
+        if norm:
+            self.norm_before = RMSNorm(3 * tubelet * patch * patch)
+            self.norm = RMSNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, T, H, W) -> (B, T'*H'*W', dim)
-        return self.proj(x).flatten(2).transpose(1, 2)
+        if not hasattr(self, "norm"):
+            return self.proj(x).flatten(2).transpose(1, 2)
+        patches = self.norm_before(patchify(x, self.patch, self.tubelet, order="thwc"))
+        kernel = self.proj.weight.permute(0, 2, 3, 4, 1).flatten(1)   # (dim, 3, t, p, p) -> (dim, t * p * p * 3)
+        return self.norm(nn.functional.linear(patches, kernel, self.proj.bias))

@@ -14,11 +14,12 @@ def _sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
     return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
 
 
-def sincos_3d(dim: int, grid_t: int, grid_h: int, grid_w: int, cls_token: bool = True) -> torch.Tensor:
+def sincos_3d(dim: int, grid_t: int, grid_h: int, grid_w: int, cls_token: bool | int = True) -> torch.Tensor:
     """3D sin-cos table in the released channel order: the first quarter of the channels encodes time, the
     next three eighths the column (w), the last three eighths the row (h).
 
-    Returns (1 + T*H*W, dim), tokens in (t, h, w) order, with a zero row for the CLS token first.
+    Returns (cls + T*H*W, dim), tokens in (t, h, w) order, with a zero row for each CLS token first
+    (cls_token: True for one, or how many).
     """
     if dim % 4 or (dim // 4) % 2 or (dim // 4 * 3 // 2) % 2:
         raise ValueError(f"a 3D sin-cos table splits its width into sin/cos halves of three parts: {dim} does not "
@@ -30,16 +31,17 @@ def sincos_3d(dim: int, grid_t: int, grid_h: int, grid_w: int, cls_token: bool =
     emb = np.concatenate([np.repeat(temporal[:, None], grid_h * grid_w, axis=1),
                           np.repeat(spatial[None], grid_t, axis=0)], axis=-1).reshape(-1, dim)
     if cls_token:
-        emb = np.concatenate([np.zeros((1, dim)), emb], axis=0)
+        emb = np.concatenate([np.zeros((int(cls_token), dim)), emb], axis=0)
     return torch.from_numpy(emb).float()
 
 
-def resize_pos_table(table: torch.Tensor, source: tuple[int, int, int], target: tuple[int, int, int]) -> torch.Tensor:
-    """(1, 1 + T*H*W, C) on the `source` grid (T, H, W) -> (1, 1 + T'*H'*W', C) on `target`. Time is resized by
+def resize_pos_table(table: torch.Tensor, source: tuple[int, int, int], target: tuple[int, int, int],
+                     num_cls: int = 1) -> torch.Tensor:
+    """(1, cls + T*H*W, C) on the `source` grid (T, H, W) -> (1, cls + T'*H'*W', C) on `target`. Time is resized by
     linear interpolation (half-pixel centres: align_corners False), then each frame's (H, W) plane bicubically
-    (align_corners False), as the released interpolate_pos_embed does; the CLS row is kept."""
+    (align_corners False), as the released interpolate_pos_embed does; the `num_cls` CLS rows are kept."""
     (t, h, w), (nt, nh, nw) = source, target
-    cls, tokens = table[:, :1], table[:, 1:]
+    cls, tokens = table[:, :num_cls], table[:, num_cls:]
     c = tokens.shape[-1]
     if tokens.shape[1] != t * h * w:
         raise ValueError(f"a position table of {tokens.shape[1]} tokens is not on a {t}x{h}x{w} grid")

@@ -40,11 +40,11 @@ def load_vision_tower(encoder: InternVideo2, sd: dict[str, torch.Tensor],
     Raises ConversionError with the report when anything else differs."""
     sd = dict(sd)
     adapted, unused = [], []
-    target = encoder.grid
+    target, cls = encoder.grid, encoder.num_cls
     table = sd.get("pos_embed")
     if table is not None and tuple(table.shape) != tuple(encoder.pos_embed.shape):
-        grid = tuple(source_grid) if source_grid else infer_grid(table.shape[1] - 1, target[1:])
-        sd["pos_embed"] = resize_pos_table(table, grid, target)
+        grid = tuple(source_grid) if source_grid else infer_grid(table.shape[1] - cls, target[1:])
+        sd["pos_embed"] = resize_pos_table(table, grid, target, cls)
         adapted.append(f"pos_embed resized from a {'x'.join(map(str, grid))} grid to {'x'.join(map(str, target))}")
     has_image_table = hasattr(encoder, "img_pos_embed")
     if "img_pos_embed" in sd and not has_image_table:
@@ -55,8 +55,8 @@ def load_vision_tower(encoder: InternVideo2, sd: dict[str, torch.Tensor],
         adapted.append("img_pos_embed keeps its sin-cos start (the source has no image table)")
     elif has_image_table and tuple(sd["img_pos_embed"].shape) != tuple(encoder.img_pos_embed.shape):
         image = sd["img_pos_embed"]
-        grid = infer_grid(image.shape[1] - 1, target[1:])
-        sd["img_pos_embed"] = resize_pos_table(image, (1, *grid[1:]), (1, *target[1:]))
+        grid = infer_grid(image.shape[1] - cls, target[1:])
+        sd["img_pos_embed"] = resize_pos_table(image, (1, *grid[1:]), (1, *target[1:]), cls)
         adapted.append(f"img_pos_embed resized from {grid[1]}x{grid[2]} to {target[1]}x{target[2]}")
     report = compare(sd, {k: v.shape for k, v in encoder.state_dict().items()})
     report.adapted, report.unused = adapted, unused

@@ -42,6 +42,9 @@ class ViTConfig:
     mlp_act: Literal["", "gelu", "gelu_tanh"] = ""   # "": the preset's (released sizes: gelu_tanh, as trained)
     train_pos_embed: bool = True     # position tables are trained (sin-cos start, no weight decay), as released
     image_pos_embed: bool = False    # a separate table for one-frame inputs (images), as the released stage 2
+    cls_tokens: int = 1              # learned tokens before the patches (InternVideo-Next: 4), zero rows in the table
+    patch_norm: bool = False         # RMSNorm over each flattened patch before the projection and over the
+                                     # embedding after it (InternVideo-Next's "dual norm" patch embedding)
     qk_norm: bool = True
     layerscale_init: float = 0.1
     drop_path: float = 0.0
@@ -68,6 +71,8 @@ def resolve_vit(cfg: ViTConfig) -> ViTConfig:
     preset = PRESETS[cfg.size]
     filled = {k: (getattr(cfg, k) or v) for k, v in preset.items()}
     out = replace(cfg, **filled)
+    if out.cls_tokens < 1:
+        raise ValueError(f"cls_tokens must be at least 1, got {out.cls_tokens}")
     for what, heads in (("num_heads", out.num_heads), ("pool_heads", out.pool_heads)):
         if out.embed_dim % heads:
             raise ValueError(f"embed_dim {out.embed_dim} is not divisible by {what} {heads}")
@@ -79,9 +84,9 @@ def resolve_vit(cfg: ViTConfig) -> ViTConfig:
 class EncoderOutput(NamedTuple):
     """A NamedTuple, not a dataclass: ZeRO-3 finds the tensors a module returns (to gather its sharded
     weights again for backward) only inside tuples, lists and dicts."""
-    tokens: torch.Tensor            # (B, 1 + N_visible, dim): CLS first
+    tokens: torch.Tensor            # (B, cls + N_visible, dim): the CLS token(s) first
     pooled: torch.Tensor            # (B, pool_out_dim)
-    layers: dict[int, torch.Tensor]  # block index -> (B, 1 + N_visible, dim), for the requested indices
+    layers: dict[int, torch.Tensor]  # block index -> (B, cls + N_visible, dim), for the requested indices
 
 
 class InternVideo2(nn.Module):
@@ -96,12 +101,14 @@ class InternVideo2(nn.Module):
         d = cfg.embed_dim
         self.grid = (cfg.num_frames // cfg.tubelet_size, cfg.img_size // cfg.patch_size, cfg.img_size // cfg.patch_size)
         self.num_patches = self.grid[0] * self.grid[1] * self.grid[2]
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.tubelet_size, d)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.num_cls = cfg.cls_tokens
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.tubelet_size, d, cfg.patch_norm)
+        self.cls_token = nn.Parameter(torch.zeros(1, self.num_cls, d))
         # sin-cos initialized and trained, as released (model.train_pos_embed=false keeps it fixed)
-        self.pos_embed = nn.Parameter(sincos_3d(d, *self.grid).unsqueeze(0), requires_grad=cfg.train_pos_embed)
+        self.pos_embed = nn.Parameter(sincos_3d(d, *self.grid, cls_token=self.num_cls).unsqueeze(0),
+                                      requires_grad=cfg.train_pos_embed)
         if cfg.image_pos_embed:   # images (one frame) get a table of their own, sin-cos initialized at T = 1
-            self.img_pos_embed = nn.Parameter(sincos_3d(d, 1, *self.grid[1:]).unsqueeze(0),
+            self.img_pos_embed = nn.Parameter(sincos_3d(d, 1, *self.grid[1:], cls_token=self.num_cls).unsqueeze(0),
                                               requires_grad=cfg.train_pos_embed)
         rates = [cfg.drop_path * i / max(1, cfg.depth - 1) for i in range(cfg.depth)]  # stochastic depth grows with depth
         self.blocks = nn.ModuleList(
@@ -124,7 +131,7 @@ class InternVideo2(nn.Module):
         self.backend = backend
 
     def position_table(self, frames: int) -> torch.Tensor:
-        """(1, 1 + T'HW, dim) for an input of `frames` temporal tokens: the video table at the tower's own frame
+        """(1, cls + T'HW, dim) for an input of `frames` temporal tokens: the video table at the tower's own frame
         count; for one frame (an image) the image table, or, without one, the video table averaged over time
         (the released stage 2's two options)."""
         if frames == self.grid[0]:
@@ -133,14 +140,14 @@ class InternVideo2(nn.Module):
             if self.cfg.image_pos_embed:
                 return self.img_pos_embed
             t, h, w = self.grid
-            spatial = self.pos_embed[:, 1:].reshape(1, t, h * w, -1).mean(1)
-            return torch.cat([self.pos_embed[:, :1], spatial], dim=1)
+            spatial = self.pos_embed[:, self.num_cls:].reshape(1, t, h * w, -1).mean(1)
+            return torch.cat([self.pos_embed[:, :self.num_cls], spatial], dim=1)
         raise ValueError(f"this tower takes {self.grid[0] * self.cfg.tubelet_size} frames (or one, an image), "
                          f"got {frames * self.cfg.tubelet_size}: load it at that frame count (load_vision_tower "
                          "interpolates its position table)")
 
     def embed(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, 3, T, H, W) -> (B, 1 + N, dim) with position embedding added."""
+        """(B, 3, T, H, W) -> (B, cls + N, dim) with position embedding added."""
         x = self.patch_embed(video.to(self.patch_embed.proj.weight.dtype))
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         return x + self.position_table(video.shape[2] // self.cfg.tubelet_size).to(x.dtype)
@@ -151,7 +158,7 @@ class InternVideo2(nn.Module):
         x = self.embed(video)
         if visible is not None:
             b, _, c = x.shape
-            keep = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=x.device), visible], dim=1)
+            keep = torch.cat([torch.ones(b, self.num_cls, dtype=torch.bool, device=x.device), visible], dim=1)
             x = x[keep].reshape(b, -1, c)
         layers = {}
         for i, blk in enumerate(self.blocks):
@@ -169,7 +176,7 @@ class InternVideo2(nn.Module):
 
     def flops_per_sample(self, num_tokens: int | None = None) -> float:
         """Forward FLOPs for one clip (2 per multiply-add) at `num_tokens` tokens (+ CLS)."""
-        n = (num_tokens if num_tokens is not None else self.num_patches) + 1
+        n = (num_tokens if num_tokens is not None else self.num_patches) + self.num_cls
         d = self.cfg.embed_dim
         blocks = transformer_flops(n, d, self.cfg.mlp_dim, self.depth)
         embed = patch_embed_flops(self.num_patches, self.cfg.patch_size, self.cfg.tubelet_size, d)

@@ -27,12 +27,12 @@ from typing import Literal
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ivtrain.config import ConfigError, Recipe
 from ivtrain.data.masking import make_mask, visible_per_frame
 from ivtrain.data.spec import SampleSpec, VideoSpec
 from ivtrain.data.transforms import normalize
+from ivtrain.models.heads import MLPHead, cosine_distance, linear_flops
 from ivtrain.models.pos_embed import sincos_3d
 from ivtrain.models.teachers import MotionTeacher, load_semantic_teacher, teacher_dtype
 from ivtrain.models.vit import InternVideo2, ViTConfig, resolve_vit
@@ -78,18 +78,6 @@ class Stage1Config:
     loss: LossConfig = field(default_factory=LossConfig)
 
 
-def cosine_distance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean of 2 - 2 cos(pred, target) over all leading dims (= squared distance of unit vectors)."""
-    pred = F.normalize(pred.float(), dim=-1)
-    target = F.normalize(target.float(), dim=-1)
-    return (2.0 - 2.0 * (pred * target).sum(-1)).mean()
-
-
-def linear_flops(module: nn.Module) -> int:
-    """FLOPs (2 per multiply-add) of one token through every Linear layer of `module`."""
-    return sum(2 * m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
-
-
 class LinearHead(nn.Module):
     """Student width -> semantic teacher width."""
 
@@ -99,22 +87,6 @@ class LinearHead(nn.Module):
         self.norm = nn.LayerNorm(out_dim)
         nn.init.xavier_uniform_(self.head.weight)
         nn.init.zeros_(self.head.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.head(x))
-
-
-class MLPHead(nn.Module):
-    """Student width -> motion teacher width, with one hidden layer."""
-
-    def __init__(self, dim: int, out_dim: int):
-        super().__init__()
-        self.head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, out_dim))
-        self.norm = nn.LayerNorm(out_dim)
-        for m in self.head:
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.head(x))
