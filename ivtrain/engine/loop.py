@@ -98,7 +98,7 @@ class Trainer:
                 self.dist.barrier()
             index = ShardIndex(shards, cache)
             check_against_wids(s.shards, index)
-            check_source(s.name, s.shards, index, self.spec)
+            check_source(s.name, s.shards, index, self.spec.for_source(s.name))
             sources.append(Source(s.name, index, s.weight))
         return sources
 
