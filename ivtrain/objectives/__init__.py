@@ -9,7 +9,8 @@ import importlib
 
 from ivkit.typed_yaml import ConfigError
 
-OBJECTIVES: dict[str, object] = {"iv2_stage1": "ivtrain.objectives.iv2_stage1:IV2Stage1"}
+OBJECTIVES: dict[str, object] = {"iv2_stage1": "ivtrain.objectives.iv2_stage1:IV2Stage1",
+                                 "iv2_stage2": "ivtrain.objectives.iv2_stage2:IV2Stage2"}
 
 
 def register(cls):
