@@ -36,6 +36,17 @@ def to_released(sd: dict[str, torch.Tensor], temp: torch.Tensor | None = None) -
     out[DECODER_WEIGHT] = sd[WORDS]
     out[DECODER_BIAS] = sd[BIAS]
     out[POSITION_IDS] = torch.arange(sd[POSITIONS].shape[0])[None]
+    return separate(out)
+
+
+def separate(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each tensor with memory of its own (a tied or shared weight stored under two names is copied: safetensors
+    refuses tensors that share memory)."""
+    seen, out = set(), {}
+    for key, value in sd.items():
+        where = (value.untyped_storage().data_ptr(), value.storage_offset()) if not value.is_meta else None
+        out[key] = value.clone() if where is not None and where in seen else value
+        seen.add(where)
     return out
 
 

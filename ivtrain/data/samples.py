@@ -22,8 +22,9 @@ from ivtrain.data.text import choose_caption, tokenize
 from ivtrain.data.transforms import clip_transform
 
 
-# why a sample was left out of its batch (metrics data/skipped/<reason>); undecodable: any error reading it
-SKIP_REASONS = ("undecodable", "image", "no_audio", "no_caption", "no_conversation", "other")
+# why a sample was left out of its batch (metrics data/skipped/<reason>); undecodable: any error reading it;
+# rank_empty: its batch was left out on every rank because another rank's share of it was all skipped
+SKIP_REASONS = ("undecodable", "image", "no_audio", "no_caption", "no_conversation", "rank_empty", "other")
 
 
 class SkipSample(Exception):

@@ -202,10 +202,11 @@ class IV2Stage2(Objective):
         meta = batch["meta"]
         identity = [(meta["source"][i], meta["source_id"][i] if meta["source_id"][i] is not None else batch["keys"][i])
                     for i in range(size)] + [None] * (n - size)
-        every = dist.all_gather_objects([(identity, seeds, size)])
-        identity_all = [x for ids, _, _ in every for x in ids]
-        seeds_all = [s for _, ss, _ in every for s in ss]
-        valid_all = torch.tensor([i < k for _, _, k in every for i in range(n)], device=self.device)
+        longest = max(self.tokens_per_clip(t) for t in frames.tolist())
+        every = dist.all_gather_objects([(identity, seeds, size, longest)])
+        identity_all = [x for ids, _, _, _ in every for x in ids]
+        seeds_all = [s for _, ss, _, _ in every for s in ss]
+        valid_all = torch.tensor([i < k for _, _, k, _ in every for i in range(n)], device=self.device)
         text = {name: padded_text(batch["captions"][name], n, cfg.text.max_length, self.tokenizer, self.device)
                 for name in {c for c, _ in losses.values()}}
         mlm = {}
@@ -217,12 +218,19 @@ class IV2Stage2(Objective):
                                   self.tokenizer.mask_token_id, len(self.tokenizer)) for i in range(n)]
                 mlm[loss] = (torch.stack([p[0] for p in pairs]).to(self.device),
                              torch.stack([p[1] for p in pairs]).to(self.device), losses[loss][0])
-        inputs = {"video": video, "frames": frames, "visible": self._mask(frames, seeds), "valid": valid,
+        inputs = {"video": video, "frames": frames, "visible": self._mask(frames, seeds),
+                  "vision_length": max(x[3] for x in every), "valid": valid,
                   "text": text, "mlm": mlm, "positives": same_identity(identity, identity_all).to(self.device)
                   & valid[:, None], "valid_all": valid_all, "seeds": seeds, "seeds_all": seeds_all, "losses": losses}
         if any(name in AV_LOSSES for name in losses):
             inputs["audio"] = stage2_audio(batch, n, cfg.audio, self.device)
         return inputs
+
+    def tokens_per_clip(self, frames: int) -> int:
+        """Vision tokens the encoder keeps of a clip of `frames` frames (CLS included)."""
+        cfg, enc = self.recipe.section, self.trainable.vision_encoder
+        m = cfg.vision.image_mask if frames == 1 else cfg.vision.video_mask
+        return 1 + visible_per_frame(enc.grid[1] * enc.grid[2], m.ratio) * frames
 
     def _mask(self, frames: torch.Tensor, seeds: list[int]) -> torch.Tensor:
         """(B, T*HW) visible tokens: per group of equal frame count, the image or the video mask of each clip's
@@ -246,10 +254,7 @@ class IV2Stage2(Objective):
 
     def count(self, batch: dict) -> int:
         """Tokens: the vision tokens the encoder ran on plus the caption tokens."""
-        cfg, enc = self.recipe.section, self.trainable.vision_encoder
-        hw = enc.grid[1] * enc.grid[2]
-        vision = sum(visible_per_frame(hw, (cfg.vision.image_mask if t == 1 else cfg.vision.video_mask).ratio) * t
-                     for t in batch["frames"].tolist())
+        vision = sum(self.tokens_per_clip(t) - 1 for t in batch["frames"].tolist())
         return int(vision + sum(int(c["mask"].sum()) for c in batch["captions"].values() if "mask" in c))
 
     def export(self, state_dict: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:

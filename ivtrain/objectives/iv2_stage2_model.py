@@ -61,9 +61,11 @@ class Stage2Model(nn.Module):
         return self
 
     # ------------------------------------------------------------------ towers
-    def encode_vision(self, video: torch.Tensor, frames: torch.Tensor, visible: torch.Tensor | None):
-        """(tokens (B, N, C) padded to the longest group, their mask (B, N), pooled (B, P)). Each group of equal
-        frame count runs at its own T (images through the one-frame position table); visible (B, T*HW) or None."""
+    def encode_vision(self, video: torch.Tensor, frames: torch.Tensor, visible: torch.Tensor | None,
+                      length: int = 0):
+        """(tokens (B, N, C) padded to `length` (at least the longest group's), their mask (B, N), pooled (B, P)).
+        Each group of equal frame count runs at its own T (images through the one-frame position table); visible
+        (B, T*HW) or None. Every rank pads to the same length so that the tokens can be gathered."""
         enc = self.vision_encoder
         hw = enc.grid[1] * enc.grid[2]
         groups = []
@@ -71,7 +73,7 @@ class Stage2Model(nn.Module):
             rows = (frames == t).nonzero().squeeze(1)
             keep = None if visible is None else visible[rows, :t * hw]
             groups.append((rows, enc(video[rows, :, :t], keep)))
-        longest = max(out.tokens.shape[1] for _, out in groups)
+        longest = max([length] + [out.tokens.shape[1] for _, out in groups])
         b, c = video.shape[0], enc.cfg.embed_dim
         dtype = groups[0][1].tokens.dtype
         tokens = torch.zeros(b, longest, c, device=video.device, dtype=dtype)
@@ -116,13 +118,14 @@ class Stage2Model(nn.Module):
         return head(self.text_encoder.fusion(text, text_mask, media, media_mask)[:, 0])
 
     # ------------------------------------------------------------------ losses
-    def forward(self, video, frames, visible, valid, text, mlm, positives, valid_all, seeds, seeds_all, losses,
-                audio=None):
+    def forward(self, video, frames, visible, vision_length, valid, text, mlm, positives, valid_all, seeds, seeds_all,
+                losses, audio=None):
         """text {caption: (ids, mask)}; mlm {loss: (masked ids, labels, caption)}; positives (B, G) bool; seeds:
-        this rank's clip seeds, seeds_all every rank's; losses: the names this batch feeds; audio (B, F, bins)."""
+        this rank's clip seeds, seeds_all every rank's; losses {name: (caption, weight)} this batch feeds; audio
+        (B, F, bins) normalized fbank."""
         dist = self.dist[0]
         temp = self.clamped_temp()
-        v_tokens, v_mask, pooled = self.encode_vision(video, frames, visible)
+        v_tokens, v_mask, pooled = self.encode_vision(video, frames, visible, vision_length)
         v_proj = self.vision_proj(pooled)
         encoded = {name: self.encode_text(ids, mask) for name, (ids, mask) in text.items()}
         media = {"v": (v_proj, v_tokens, v_mask)}
