@@ -328,6 +328,7 @@ app.command("train")(_train_cli.train)
 app.command("convert")(_train_cli.convert)
 app.command("convert-teacher")(_train_cli.convert_teacher)
 eval_app.command("probe")(_train_cli.probe)
+eval_app.command("retrieval")(_train_cli.retrieval)
 
 
 def main() -> None:

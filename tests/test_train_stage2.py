@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -71,8 +72,8 @@ def straight(stage2_data, tmp_path_factory):
     return {"out": out, "stdout": proc.stdout}
 
 
-def assert_same_run(got: list[dict], want_dir: Path, atol: float = 1e-5) -> None:
-    want = {m["step"]: m for m in records(want_dir)}
+def assert_same_steps(got: list[dict], want: list[dict], atol: float) -> None:
+    want = {m["step"]: m for m in want}
     for m in got:
         w = want[m["step"]]
         for key in ("loss",) + LOSS_KEYS:
@@ -80,6 +81,19 @@ def assert_same_run(got: list[dict], want_dir: Path, atol: float = 1e-5) -> None
                 assert abs(m[key] - w[key]) <= atol, (m["step"], key, m[key], w[key])
         assert math.isclose(m["lr"], w["lr"], rel_tol=1e-9)
         assert [m[k] for k in POSITIONS] == [w[k] for k in POSITIONS], m["step"]
+        assert m.get("data/skipped/no_caption") == w.get("data/skipped/no_caption"), m["step"]
+
+
+def assert_resumed_exactly(rows: list[dict], straight_dir: Path, killed_after: int = 5, resumed_at: int = 3) -> None:
+    """The second life replays the steps after its checkpoint as the first life took them (to 1e-5: the same
+    world size takes the same float operations), and the whole run is the one-process run's (to 1e-4: another
+    number of processes sums the same terms in another order, which Adam carries on over the steps)."""
+    first = rows[:killed_after]
+    second = rows[killed_after:]
+    assert [m["step"] for m in first] == list(range(1, killed_after + 1))
+    assert [m["step"] for m in second][0] == resumed_at + 1
+    assert_same_steps([m for m in second if m["step"] <= killed_after], first, atol=1e-5)
+    assert_same_steps(first + second, records(straight_dir), atol=1e-4)
 
 
 def test_stage2_trains_on_the_mixture_and_skips_samples_without_the_caption(straight):
@@ -107,9 +121,7 @@ def test_two_processes_zero2_train_as_one_and_resume_exactly_after_sigkill(stage
     train(recipe, out, *sets, "train.debug_kill_at_step=5", nproc=2, port=29571, expect_rc=None)
     assert not (out / "export.json").exists()
     train(recipe, out, *sets, nproc=2, port=29572)
-    rows = records(out)
-    assert [m["step"] for m in rows][-3:] == [4, 5, 6]
-    assert_same_run(rows, straight["out"])
+    assert_resumed_exactly(records(out), straight["out"])
 
 
 @pytest.mark.slow
@@ -121,7 +133,7 @@ def test_resumes_exactly_after_sigkill(stage2_data, straight, tmp_path, nproc, z
     train(recipe, out, *sets, "train.debug_kill_at_step=5", nproc=nproc, port=port, expect_rc=None)
     proc = train(recipe, out, *sets, nproc=nproc, port=port + 1)
     assert "resumed from step00000003: step 3" in proc.stdout
-    assert_same_run(records(out), straight["out"])
+    assert_resumed_exactly(records(out), straight["out"])
 
 
 def test_a_source_without_the_caption_kind_at_all_stops_before_the_first_step(stage2_data, tmp_path):
@@ -129,3 +141,46 @@ def test_a_source_without_the_caption_kind_at_all_stops_before_the_first_step(st
     proc = train(recipe, tmp_path / "bad", "iv2_stage2.captions={default: [S]}", expect_rc=2)
     assert "needs a caption of kind S" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "bad" / "metrics.jsonl").exists()
+
+
+def iv(*args):
+    import subprocess
+
+    return subprocess.run([sys.executable, "-c", "from cli import app; app()", *args], cwd=ROOT,
+                          env={**env(), "IVKIT_PROGRESS": "1"}, capture_output=True, text=True, timeout=600)
+
+
+def test_retrieval_of_the_trained_run_from_the_command_line(stage2_data, straight, tmp_path):
+    run, motion, av = straight["out"], stage2_data["sources"]["motion"], stage2_data["sources"]["av"]
+    out = tmp_path / "video.json"
+    proc = iv("eval", "retrieval", str(run), str(motion), "--k-test", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result == json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert result["num_clips"] == 4 and result["media"] == "video" and result["caption_kinds"] == ["V", "web"]
+    for key in ("t2v", "v2t", "t2v_rerank", "v2t_rerank"):
+        m = result[key]
+        assert 0 <= m["r1"] <= m["r5"] <= m["r10"] == 100.0 and 1 <= m["median_rank"] <= 4, (key, m)
+    assert "encode clips and captions" in proc.stderr + proc.stdout and "re-rank" in proc.stderr + proc.stdout
+    # audio + video: the clip lacking an AVS caption is skipped and counted
+    proc = iv("eval", "retrieval", str(run), str(av), "--audio", "--no-rerank", "--out", str(tmp_path / "av.json"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "av.json").read_text())
+    assert result["media"] == "audio+video" and result["num_clips"] == 5 and result["skipped"] == {"no_caption": 1}
+    assert "t2v_rerank" not in result
+    # not a stage-2 run: one line
+    proc = iv("eval", "retrieval", str(stage2_data["stage1"]), str(motion))
+    assert proc.returncode == 2 and "retrieval error:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_convert_writes_a_stage2_run_in_the_released_layout(stage2_data, straight, tmp_path):
+    from ivtrain.eval.retrieval import load_run
+    from ivtrain.stage2_layout import load_released_stage2
+
+    proc = iv("convert", str(straight["out"]), str(tmp_path / "stage2.pth"), "--to", "stage2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    released = torch.load(tmp_path / "stage2.pth", weights_only=True)["model"]
+    assert released["temp"].shape == () and "text_encoder.cls.predictions.decoder.weight" in released
+    model, _ = load_run(straight["out"], torch.device("cpu"), init=True)
+    report = load_released_stage2(model, released)
+    assert report.ok and not report.unused

@@ -72,21 +72,33 @@ class Stage2Model(nn.Module):
         for t in sorted(frames.unique().tolist()):
             rows = (frames == t).nonzero().squeeze(1)
             keep = None if visible is None else visible[rows, :t * hw]
-            groups.append((rows, enc(video[rows, :, :t], keep)))
-        longest = max([length] + [out.tokens.shape[1] for _, out in groups])
+            groups.append((t, rows, enc(video[rows, :, :t], keep)))
+        longest = max([length] + [out.tokens.shape[1] for _, _, out in groups])
         b, c = video.shape[0], enc.cfg.embed_dim
-        dtype = groups[0][1].tokens.dtype
+        dtype = groups[0][2].tokens.dtype
         tokens = torch.zeros(b, longest, c, device=video.device, dtype=dtype)
-        pooled = torch.zeros(b, groups[0][1].pooled.shape[1], device=video.device, dtype=dtype)
+        pooled = torch.zeros(b, groups[0][2].pooled.shape[1], device=video.device, dtype=dtype)
         mask = torch.zeros(b, longest, dtype=torch.bool, device=video.device)
-        for rows, out in groups:
+        for _, rows, out in groups:
             n = out.tokens.shape[1]
             tokens = tokens.index_copy(0, rows, F.pad(out.tokens, (0, 0, 0, longest - n)))
             pooled = pooled.index_copy(0, rows, out.pooled)
             mask[rows, :n] = True
         if hasattr(self, "av_concat_vision_proj"):
             tokens = self.av_concat_vision_proj(tokens)
-        return tokens, mask, pooled
+        return tokens, mask, pooled + 0.0 * self.unused_tables([t for t, _, _ in groups])
+
+    def unused_tables(self, frame_counts: list[int]) -> torch.Tensor:
+        """The sum of the position tables no clip of this batch read (the video table in a batch of images, the
+        image table in one of clips), to enter the graph with weight 0: under ZeRO 2 every rank must give every
+        parameter a gradient (they are reduced in buckets as they become ready), whatever its batch held."""
+        enc = self.vision_encoder
+        tables = {"pos_embed": enc.pos_embed}
+        if hasattr(enc, "img_pos_embed"):
+            tables["img_pos_embed"] = enc.img_pos_embed
+        for t in frame_counts:
+            tables.pop("img_pos_embed" if t == 1 and "img_pos_embed" in tables else "pos_embed", None)
+        return sum((p.sum() for p in tables.values() if p.requires_grad), torch.zeros((), device=enc.pos_embed.device))
 
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(hidden states after the text-only layers (B, L, C), the CLS projection (B, D))."""
