@@ -38,8 +38,10 @@ TINY_WORDS = ("a an the with and of over on in moves moving left right up down r
               "disc circle shape shapes two dark ground slowly quickly tone low high pitch sound silent").split()
 
 
-def save_tiny_bert(path: str | Path, hidden: int = 48, layers: int = 4, seed: int = 0) -> Path:
-    """Write a randomly initialized tiny BERT (masked-LM) with its word-piece tokenizer to `path` (tests, demos)."""
+def save_tiny_bert(path: str | Path, hidden: int = 48, layers: int = 4, heads: int = 4, seed: int = 0,
+                   vocab_size: int = 0) -> Path:
+    """Write a randomly initialized BERT (masked-LM) with a word-piece tokenizer to `path` (tests, demos; larger
+    sizes and a BERT-sized vocabulary `vocab_size` for benchmarks)."""
     import string
 
     from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
@@ -52,9 +54,10 @@ def save_tiny_bert(path: str | Path, hidden: int = 48, layers: int = 4, seed: in
     (path / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
     tokenizer = BertTokenizerFast(vocab=str(path / "vocab.txt"))   # transformers 5 ignores vocab_file=
     torch.manual_seed(seed)
-    BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
-                               num_attention_heads=4, intermediate_size=2 * hidden,
-                               max_position_embeddings=64)).save_pretrained(path)
+    BertForMaskedLM(BertConfig(vocab_size=max(vocab_size, len(tokenizer)), hidden_size=hidden,
+                               num_hidden_layers=layers, num_attention_heads=heads,
+                               intermediate_size=(4 if vocab_size else 2) * hidden,
+                               max_position_embeddings=512 if vocab_size else 64)).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 

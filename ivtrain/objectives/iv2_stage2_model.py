@@ -135,14 +135,24 @@ class Stage2Model(nn.Module):
         """text {caption: (ids, mask)}; mlm {loss: (masked ids, labels, caption)}; positives (B, G) bool; seeds:
         this rank's clip seeds, seeds_all every rank's; losses {name: (caption, weight)} this batch feeds; audio
         (B, F, bins) normalized fbank."""
-        dist = self.dist[0]
-        temp = self.clamped_temp()
+        media, encoded = self.encode(video, frames, visible, vision_length, text, losses, audio)
+        return self.losses(media, encoded, text, mlm, positives, valid, valid_all, seeds, seeds_all, losses)
+
+    def encode(self, video, frames, visible, vision_length, text, losses, audio=None):
+        """({"v": (projection, tokens, mask)} (+ "av" for the audio-visual losses), {caption: (hidden, projection)})."""
         v_tokens, v_mask, pooled = self.encode_vision(video, frames, visible, vision_length)
         v_proj = self.vision_proj(pooled)
         encoded = {name: self.encode_text(ids, mask) for name, (ids, mask) in text.items()}
         media = {"v": (v_proj, v_tokens, v_mask)}
         if any(name in AV_LOSSES for name in losses):
             media["av"] = self.audio_visual(self.encode_audio_tokens(audio), v_proj, v_tokens, v_mask)
+        return media, encoded
+
+    def losses(self, media, encoded, text, mlm, positives, valid, valid_all, seeds, seeds_all, losses):
+        """(the weighted sum, {loss/<name>: value, temp}) of the losses `losses` names, each a mean over the
+        global batch (this rank's share: ivtrain.objectives.iv2_stage2_losses)."""
+        dist = self.dist[0]
+        temp = self.clamped_temp()
         terms: dict[str, torch.Tensor] = {}
         for name, (caption, weight) in losses.items():
             kind = "av" if name in AV_LOSSES else "v"
