@@ -264,7 +264,9 @@ class IV2Stage2(Objective):
 
         prefix = "vision_encoder."
         encoder = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-        return {"encoder": encoder, "stage2": to_released(state_dict, self.trainable.clamped_temp().detach())}
+        cfg = self.recipe.section
+        temp = state_dict["temp"].clamp(cfg.temp_min, cfg.temp_max)   # the value the last step used
+        return {"encoder": encoder, "stage2": to_released(state_dict, temp)}
 
     def encoder_config(self) -> dict:
         data = self.recipe.data

@@ -52,7 +52,7 @@ class Stage2Model(nn.Module):
             self.av_concat_audio_proj = concat_proj(audio_encoder.width, av_concat_dim)
             self.av_fusion = nn.Linear(2 * embed_dim, embed_dim)
             self.avtm_head = nn.Linear(text_width, 2)
-        self.temp_range, self.dist, self.vtm_negatives = temp_range, [dist], vtm_negatives   # dist: not a module
+        self.temp_range, self.dist, self.vtm_negatives = temp_range, dist, vtm_negatives
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -151,7 +151,7 @@ class Stage2Model(nn.Module):
     def losses(self, media, encoded, text, mlm, positives, valid, valid_all, seeds, seeds_all, losses):
         """(the weighted sum, {loss/<name>: value, temp}) of the losses `losses` names, each a mean over the
         global batch (this rank's share: ivtrain.objectives.iv2_stage2_losses)."""
-        dist = self.dist[0]
+        dist = self.dist
         temp = self.clamped_temp()
         terms: dict[str, torch.Tensor] = {}
         for name, (caption, weight) in losses.items():
@@ -179,7 +179,7 @@ class Stage2Model(nn.Module):
         """VTM (kind "v") or AVTM ("av"): one negative medium per text and one negative text per medium, drawn
         in proportion to softmax(sim) over the global batch (the release draws from its rank's batch alone:
         `vtm_negatives: local` does that), scored by the fusion encoder. Returns (sum of CE, rows scored)."""
-        dist = self.dist[0]
+        dist = self.dist
         local = self.vtm_negatives == "local" or dist.world == 1
         if local:
             cols = slice(dist.rank * len(valid), (dist.rank + 1) * len(valid)) if dist.world > 1 else slice(None)
