@@ -417,6 +417,7 @@ eval_app.command("probe")(_train_cli.probe)
 export_app.command("features")(_train_cli.export_features)
 export_app.command("model")(_train_cli.export_model)
 eval_app.command("recon")(_train_cli.recon)
+eval_app.command("retrieval")(_train_cli.retrieval)
 
 
 def main() -> None:

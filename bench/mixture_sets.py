@@ -19,30 +19,37 @@ def caption(rng: np.random.Generator) -> str:
     return " ".join(rng.choice(WORDS, size=int(rng.integers(2, 10))))
 
 
-def add_captions(corpus, kind: str, seed: int) -> None:
+def add_captions(corpus, kind: str, seed: int, lacking: int = 0) -> None:
+    """A random caption of `kind` for every clip but each `lacking`-th (in clip id order; 0: every clip)."""
     from ivdata.manifest import Manifest
 
     rng = np.random.default_rng(seed)
     with Manifest(corpus.manifest_path) as m:
         clips = [r["clip_id"] for r in m.rows("SELECT clip_id FROM clips WHERE status = 'ok' ORDER BY clip_id")]
         m.insert_rows("captions", [{"clip_id": c, "kind": kind, "text": caption(rng), "lang": "en", "model": "test",
-                                    "prompt_hash": "-", "created_at": datetime(2026, 1, 1)} for c in clips])
+                                    "prompt_hash": "-", "created_at": datetime(2026, 1, 1)} for i, c in enumerate(clips)
+                                   if not lacking or i % lacking != lacking - 1])
 
 
-def build_captioned(name: str, videos: list[Path], home: Path, kind: str, seed: int) -> Path:
-    """ingest -> probe -> split -> cut -> captions -> shard, by the data engine."""
+def build_captioned(name: str, videos: list[Path], home: Path, kind: str, seed: int,
+                    also: dict[str, int] | None = None) -> Path:
+    """ingest -> probe -> split -> cut -> captions -> shard, by the data engine: a caption of `kind` for every clip,
+    and of each kind in `also` for every clip but each n-th (n its value: those lack that kind)."""
     from ivdata.pipeline import build_corpus, shard
     from ivdata.stages.shard import ShardConfig
 
     # short side 64: decord (the loader's decoder) refuses frames narrower than 64 px; PyAV would take over
     corpus = build_corpus(name, videos, home=home, cut="reencode", short_side=64, shard_maxcount=4)
     add_captions(corpus, kind, seed)
+    for i, (other, lacking) in enumerate((also or {}).items()):
+        add_captions(corpus, other, seed + 100 + i, lacking)
     shard(corpus, ShardConfig(subset="all", shardset="captioned", maxcount=4))
     return corpus.wids_index("captioned")
 
 
-def write_mixed_shards(out: Path, videos: list[Path], seed: int, count: int = 8) -> Path:
-    """Images (jpg) and clips (mp4) in one shard set: batches whose samples differ in frame count."""
+def write_mixed_shards(out: Path, videos: list[Path], seed: int, count: int = 8, clip_every: int = 4) -> Path:
+    """Images (jpg) and clips (mp4, every `clip_every`-th sample; 0: none, an image-text set) in one shard set:
+    batches whose samples differ in frame count."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -51,7 +58,7 @@ def write_mixed_shards(out: Path, videos: list[Path], seed: int, count: int = 8)
     with tarfile.open(tar_path, "w") as tar:
         for i in range(count):
             key = f"mixed{i:03d}"
-            if i % 4 == 3:
+            if clip_every and i % clip_every == clip_every - 1:
                 media, ext = Path(videos[i % len(videos)]).read_bytes(), "mp4"
             else:
                 buf = io.BytesIO()

@@ -124,6 +124,35 @@ def recon(run: Path = typer.Argument(..., help="finished InternVideo-Next stage-
     typer.echo(json.dumps(result, indent=2))
 
 
+def retrieval(run: Path = typer.Argument(..., help="a finished stage-2 run directory (recipe.json, export.json)"),
+              shards: str = typer.Argument(..., help="captioned clips (.wids.json, .txt, dir): one caption each"),
+              k_test: int = typer.Option(128, "--k-test", min=1, help="re-rank each query's top k by the matching head"),
+              no_rerank: bool = typer.Option(False, "--no-rerank", help="dual-encoder scores only"),
+              audio: bool = typer.Option(False, "--audio", help="clips as audio + video (av_fusion; avtm_head)"),
+              captions: str = typer.Option("", "--captions", help="caption kinds by preference, e.g. V,web "
+                                           "(default: what the run's VTC read, AVTC's with --audio)"),
+              init: bool = typer.Option(False, "--init", help="the model as the run's recipe initializes it "
+                                        "(baseline), not the trained one"),
+              batch_size: int = typer.Option(8, "--batch-size", min=1),
+              device: str = typer.Option("auto", help="auto | cpu | cuda"),
+              out: Optional[Path] = typer.Option(None, "--out", help="write the result as JSON here"),
+              ) -> None:
+    """Zero-shot retrieval: text -> video and video -> text R@1/5/10 and median rank, re-ranked as released."""
+    from ivtrain.eval.retrieval import run_retrieval
+
+    try:
+        result = run_retrieval(run, shards, k_test=k_test, do_rerank=not no_rerank, audio=audio,
+                               caption_kinds=tuple(k for k in captions.split(",") if k), batch_size=batch_size,
+                               device=device, init=init)
+    except (ValueError, FileNotFoundError) as e:   # not a stage-2 run, no captions, bad options
+        typer.echo(f"retrieval error: {e}", err=True)
+        raise typer.Exit(2)
+    text = json.dumps(result, indent=2)
+    typer.echo(text)
+    if out is not None:
+        out.write_text(text)
+
+
 def convert(source: Path = typer.Argument(..., help="a finished run dir, or a checkpoint: released .pth (stage-1 or "
                                           "stage-2 layout), or safetensors in ivkit's layout"),
             out: Path = typer.Argument(..., help="output file (.pth with {'model': ...}, or .safetensors)"),
@@ -131,13 +160,18 @@ def convert(source: Path = typer.Argument(..., help="a finished run dir, or a ch
             ) -> None:
     """Convert InternVideo2 weights between layouts and print the key/shape summary."""
     from ivtrain.convert import ConversionError, detect_layout, from_ivkit, load_checkpoint, to_ivkit
-    from ivtrain.export import ExportError
+    from ivtrain.export import ExportError, load_artifact, read_export
 
     try:
-        sd = load_checkpoint(source)
-        layout = detect_layout(sd)
-        ivkit, unused = to_ivkit(sd, layout)
-        target = from_ivkit(ivkit, to)
+        if to == "stage2" and source.is_dir() and "stage2" in read_export(source)["artifacts"]:
+            # a stage-2 run: its whole model, already in the released layout
+            sd = target = load_artifact(source, "stage2")
+            layout, unused = "stage2", []
+        else:
+            sd = load_checkpoint(source)
+            layout = detect_layout(sd)
+            ivkit, unused = to_ivkit(sd, layout)
+            target = from_ivkit(ivkit, to)
     except (ConversionError, ExportError) as e:
         raise typer.BadParameter(str(e), param_hint="source")
     if out.suffix == ".safetensors":
@@ -149,7 +183,7 @@ def convert(source: Path = typer.Argument(..., help="a finished run dir, or a ch
 
         torch.save({"model": target}, out)
     typer.echo(f"{source} ({layout}, {len(sd)} tensors) -> {out} ({to}, {len(target)} tensors); "
-               f"{len(unused)} keys outside the video encoder dropped")
+               f"{len(unused)} keys outside the {'model' if target is sd else 'video encoder'} dropped")
 
 
 def convert_teacher(source: Path = typer.Argument(..., exists=True, dir_okay=False,

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-ENCODER_ROOTS = ("patch_embed.", "cls_token", "pos_embed", "blocks.", "clip_projector.")
+ENCODER_ROOTS = ("patch_embed.", "cls_token", "pos_embed", "img_pos_embed", "blocks.", "clip_projector.")
 HEAD_ROOTS = ("clip_pos_embed", "mae_pos_embed", "clip_decoder.", "final_clip_decoder.", "mae_decoder.")
 
 

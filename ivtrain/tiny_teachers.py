@@ -63,6 +63,36 @@ def save_tiny_modernbert(path: str | Path, hidden: int = 64, layers: int = 6, he
     return Path(path)
 
 
+# the tiny text tower's vocabulary: the words of the synthetic captions (bench/mixture_sets.py, the stage-2 learning
+# check), then letters and digits as word pieces, so that any lowercase text (the demo's noise captions) tokenizes
+TINY_WORDS = ("a an the with and of over on in moves moving left right up down red green blue yellow white square "
+              "disc circle shape shapes two dark ground slowly quickly tone low high pitch sound silent").split()
+
+
+def save_tiny_bert(path: str | Path, hidden: int = 48, layers: int = 4, heads: int = 4, seed: int = 0,
+                   vocab_size: int = 0) -> Path:
+    """Write a randomly initialized BERT (masked-LM) with a word-piece tokenizer to `path` (tests, demos; larger
+    sizes and a BERT-sized vocabulary `vocab_size` for benchmarks)."""
+    import string
+
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    chars = string.ascii_lowercase + string.digits
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS, *chars, *(f"##{c}" for c in chars),
+             *string.punctuation]
+    (path / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
+    tokenizer = BertTokenizerFast(vocab=str(path / "vocab.txt"))   # transformers 5 ignores vocab_file=
+    torch.manual_seed(seed)
+    BertForMaskedLM(BertConfig(vocab_size=max(vocab_size, len(tokenizer)), hidden_size=hidden,
+                               num_hidden_layers=layers, num_attention_heads=heads,
+                               intermediate_size=(4 if vocab_size else 2) * hidden,
+                               max_position_embeddings=512 if vocab_size else 64)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def tiny_videomae_config(image_size: int = 32, patch_size: int = 8, num_frames: int = 8, hidden: int = 48,
                          layers: int = 3):
     from transformers import VideoMAEConfig

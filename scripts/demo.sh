@@ -88,3 +88,14 @@ $IV train recipes/next_stage1_tiny.yaml --set assets=runs/demo/assets \
 step "reconstruct hidden patches of two clips by DDPM (the PNG: frames, mask, reconstruction per clip)"
 $IV eval recon runs/demo/next_stage1_tiny corpora/demo/shards/deduped/deduped.wids.json \
   --out runs/demo/next_stage1_tiny/recon.png --clips 2 --steps 100
+
+step "train: InternVideo2 stage 2 (tiny): the stage-1 encoder aligned with a tiny BERT on the clips' V captions (VTC, VTM, MLM)"
+# the vision tower starts from the stage-1 run just made; clips without a V caption are skipped and counted
+$IV train recipes/iv2_stage2_tiny.yaml --set assets=runs/demo/assets \
+  --set iv2_stage2.vision.init=runs/demo/iv2_stage1_tiny --set train.out_dir=runs/demo/iv2_stage2_tiny \
+  --set train.steps=10 --set data.num_workers=1
+ls -l runs/demo/iv2_stage2_tiny/export.json runs/demo/iv2_stage2_tiny/stage2.safetensors
+
+step "zero-shot retrieval with the stage-2 model (text -> video, video -> text; top 4 re-ranked by the matching head)"
+$IV eval retrieval runs/demo/iv2_stage2_tiny corpora/demo/shards/deduped/deduped.wids.json --k-test 4 \
+  --out runs/demo/iv2_stage2_tiny/retrieval.json

@@ -196,3 +196,25 @@ def test_bad_input_fails_before_any_step_with_one_line(mixture, tmp_path):
         assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
         assert len(lines) == 1, lines
         assert not (out / "metrics.jsonl").exists()
+
+
+def test_a_batch_some_rank_has_nothing_of_is_left_out_on_every_rank():
+    """Ranks must run the same steps (their collectives pair up): a batch whose share on another rank was all
+    skipped is left by this rank too, its samples counted, and both go on with the next batch."""
+    from types import SimpleNamespace
+
+    from ivtrain.engine.loop import Trainer
+
+    class TwoRanks:   # this rank's flag, and the other rank's: its share of the first batch is empty
+        def __init__(self):
+            self.other = iter([False, True])
+
+        def all(self, flag):
+            return flag and next(self.other)
+
+    batches = iter([{"position": 1, "size": 3, "skipped": {}}, {"position": 2, "size": 2, "skipped": {"no_audio": 1}}])
+    trainer = SimpleNamespace(dist=TwoRanks(), position=None)
+    skipped: dict = {}
+    batch = Trainer._next_batch(trainer, batches, skipped)
+    assert batch["position"] == 2 and trainer.position == 2
+    assert skipped == {"rank_empty": 3, "no_audio": 1}

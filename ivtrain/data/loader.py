@@ -154,15 +154,16 @@ class MixtureStream(IterableDataset):
             orders.pop(next((key for key in orders if key[0] == i), None), None)
             orders[i, epoch, offset] = self._stream(source, 0).epoch_order(epoch, offset)
         ids = orders[i, epoch, offset][b * self.data.batch_size:(b + 1) * self.data.batch_size]
+        spec = self.spec.for_source(source.name)
         samples, skipped = [], {}
         for sid in ids.tolist():
             try:
-                samples.append(read_sample(source.index, sid, epoch, self.spec, self.data, self.seed))
+                samples.append(read_sample(source.index, sid, epoch, spec, self.data, self.seed))
             except SkipSample as e:
                 skipped[e.reason] = skipped.get(e.reason, 0) + 1
             except Exception:  # a corrupt sample costs one slot of this batch, never the run
                 skipped["undecodable"] = skipped.get("undecodable", 0) + 1
-        batch = self.collate_fn(samples, self.spec)
+        batch = self.collate_fn(samples, spec)
         batch.update(source=source.name, epoch=epoch, position=position, skipped=skipped)
         return batch
 

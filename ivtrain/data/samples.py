@@ -24,8 +24,10 @@ from ivtrain.data.transforms import clip_transform
 
 
 # why a sample was left out of its batch (metrics data/skipped/<reason>); undecodable: any error reading it;
-# bad_conversation: turns that are not {from, value}, no answer, or no answer token within the text limit
-SKIP_REASONS = ("undecodable", "image", "no_audio", "no_caption", "no_conversation", "bad_conversation", "other")
+# bad_conversation: turns that are not {from, value}, no answer, or no answer token within the text limit;
+# rank_empty: its batch was left out on every rank because another rank's share of it was all skipped
+SKIP_REASONS = ("undecodable", "image", "no_audio", "no_caption", "no_conversation", "bad_conversation", "rank_empty",
+                "other")
 
 
 class SkipSample(Exception):

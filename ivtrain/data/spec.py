@@ -11,6 +11,8 @@ delivered in the batch; each part it leaves unset is not even decoded:
 - fields:       plain `K.json` fields passed through (source, source_id, label, ...)
 - per_sample:   a picklable callable run in the workers on each decoded sample with that sample's own seed
                 (e.g. masks drawn there, so a mask is the same whichever rank or worker loads the sample)
+- by_source:    another spec for the batches of a named source of the mixture (what an image-text set must
+                deliver differs from what a set feeding audio losses must: `for_source` picks it)
 
 A sample that lacks a `required` part is skipped and counted under a reason (`no_audio`, `no_caption`, ...);
 a source whose shards cannot satisfy the spec at all fails before the first step (`check_source`).
@@ -61,9 +63,14 @@ class SampleSpec:
     fields: tuple[str, ...] = ("source", "source_id")
     per_sample: Callable[[dict, int], dict[str, Any]] | None = None
     media_required: bool = field(default=True, repr=False)   # every sample has a video or image member
+    by_source: tuple[tuple[str, "SampleSpec"], ...] = ()     # (mixture source name, its spec) pairs
 
     def caption_specs(self) -> dict[str, CaptionSpec]:
         return dict(self.captions)
+
+    def for_source(self, name: str) -> "SampleSpec":
+        """The spec the batches of source `name` are read and collated by (this one unless `by_source` names it)."""
+        return dict(self.by_source).get(name, self)
 
 
 class SpecError(ValueError):
@@ -89,3 +96,22 @@ def check_source(name: str, where: str, index, spec: SampleSpec) -> None:
                         f"none of its {n} samples has one")
     if spec.captions and index.count("json") == 0:
         raise SpecError(f"source {name} ({where}): the objective needs captions and its samples carry no K.json")
+    for output, cs in spec.captions:
+        if cs.required and not _any_caption(index, cs.kinds):
+            raise SpecError(f"source {name} ({where}): the objective needs a caption of kind "
+                            f"{' or '.join(cs.kinds)} ({output}) and none of {min(n, CAPTION_PROBES)} samples "
+                            f"read across its shards has one")
+
+
+CAPTION_PROBES = 64   # samples read, evenly spread over a source, to find out whether it has a caption kind at all
+
+
+def _any_caption(index, kinds: tuple[str, ...]) -> bool:
+    """Whether any of CAPTION_PROBES samples spread over the source carries one of `kinds`. A source where only
+    some samples lack it trains (those are skipped and counted); one where none has it would skip every sample of
+    every batch, so it stops before the first step."""
+    from ivtrain.data.text import choose_caption
+
+    n = len(index)
+    probes = sorted({i * n // min(n, CAPTION_PROBES) for i in range(min(n, CAPTION_PROBES))})
+    return any(choose_caption(index.metadata(i), kinds) is not None for i in probes)

@@ -98,7 +98,7 @@ class Trainer:
                 self.dist.barrier()
             index = ShardIndex(shards, cache)
             check_against_wids(s.shards, index)
-            check_source(s.name, s.shards, index, self.spec)
+            check_source(s.name, s.shards, index, self.spec.for_source(s.name))
             sources.append(Source(s.name, index, s.weight))
         return sources
 
@@ -190,14 +190,17 @@ class Trainer:
         self._stop = True
 
     def _next_batch(self, batches, skipped: dict) -> dict:
-        """Next batch with at least one sample; empty ones (all samples skipped) only advance the position."""
+        """Next batch with at least one sample on every rank. One that some rank has nothing of (all its samples
+        skipped) only advances the position, on every rank (ranks must run the same steps); its samples on the
+        other ranks are counted under `rank_empty`."""
         while True:
             batch = next(batches)
             self.position = batch["position"]
             for reason, n in batch["skipped"].items():
                 skipped[reason] = skipped.get(reason, 0) + n
-            if batch["size"]:
+            if self.dist.all(batch["size"] > 0):
                 return batch
+            skipped["rank_empty"] = skipped.get("rank_empty", 0) + batch["size"]
 
     def _train_step(self, batches) -> dict:
         tc, objective = self.recipe.train, self.objective

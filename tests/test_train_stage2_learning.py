@@ -1,0 +1,21 @@
+"""The stage-2 learning check (bench/stage2_learning_check.py) with its recorded settings: the tiny stage-2 model,
+trained on captions that name what moves and how, retrieves new clips by caption better than the same model at
+initialization and than chance; trained with audio on captions that name the tone, its audio-visual retrieval beats
+its video-only retrieval. Margins are below the recorded result (bench/RESULTS.md), above what noise gives."""
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+@pytest.mark.slow
+def test_stage2_learns_motion_captions_and_hears_the_tone(tmp_path):
+    import stage2_learning_check as check
+
+    result = check.main(tmp_path, **check.SETTINGS)
+    motion, sound = result["motion_t2v_r1"], result["sound_t2v_r1"]
+    assert motion["trained"] >= motion["init"] + 20 and motion["trained"] >= motion["chance"] + 20, motion
+    assert sound["audio_video"] >= sound["video"] + 15, sound
