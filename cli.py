@@ -406,18 +406,19 @@ def manifest_migrate(corpus: str = CorpusOpt):
 from ivdata.curate.cli import mount as _mount_curation  # noqa: E402
 from ivdata.stages.annotate import annotate as _annotate  # noqa: E402
 from ivtrain import cli as _train_cli  # noqa: E402  (light: typer + the recipe dataclasses)
+from ivtrain.eval import cli as _run_cli  # noqa: E402
 
 _mount_curation(data_app, corpus_app)
 data_app.command("annotate")(_annotate)
 app.command("train")(_train_cli.train)
 app.command("convert")(_train_cli.convert)
 app.command("convert-teacher")(_train_cli.convert_teacher)
-app.command("chat")(_train_cli.chat)
-eval_app.command("probe")(_train_cli.probe)
-export_app.command("features")(_train_cli.export_features)
-export_app.command("model")(_train_cli.export_model)
-eval_app.command("recon")(_train_cli.recon)
-eval_app.command("retrieval")(_train_cli.retrieval)
+app.command("chat")(_run_cli.chat)
+eval_app.command("probe")(_run_cli.probe)
+eval_app.command("recon")(_run_cli.recon)
+eval_app.command("retrieval")(_run_cli.retrieval)
+export_app.command("features")(_run_cli.export_features)
+export_app.command("model")(_run_cli.export_model)
 
 
 def main() -> None:

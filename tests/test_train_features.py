@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import train_synthetic  # noqa: E402
 
-from ivtrain.cli import export_features  # noqa: E402
+from ivtrain.eval.cli import export_features  # noqa: E402
 from ivtrain.convert import from_ivkit  # noqa: E402
 from ivtrain.data.sampling import sparse_uniform_indices  # noqa: E402
 from ivtrain.data.transforms import clip_transform, normalize  # noqa: E402

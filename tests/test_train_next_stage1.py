@@ -200,7 +200,7 @@ def undefined_globals(module) -> set[str]:
 @pytest.mark.parametrize("name", ["ivtrain.objectives.next_stage1", "ivtrain.models.predictor",
                                   "ivtrain.models.diffusion", "ivtrain.models.denoiser",
                                   "ivtrain.models.siglip_teacher", "ivtrain.eval.recon", "ivtrain.cli",
-                                  "ivtrain.train", "cli"])
+                                  "ivtrain.eval.cli", "ivtrain.train", "cli"])
 def test_entry_points_and_the_modules_they_run_import_what_they_use(name):
     assert undefined_globals(importlib.import_module(name)) == set()
 

@@ -15,7 +15,7 @@ import train_synthetic  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 import typer  # noqa: E402
 
-from ivtrain.cli import probe  # noqa: E402
+from ivtrain.eval.cli import probe  # noqa: E402
 from ivtrain.config import load_recipe  # noqa: E402
 from ivtrain.eval import probe as probe_module  # noqa: E402
 from ivtrain.eval.probe import (CachedFeatures, StreamedFeatures, class_lookup, encode_set, load_encoder,  # noqa: E402

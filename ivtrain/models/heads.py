@@ -7,10 +7,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def cosine_distance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean of 2 - 2 cos(pred, target) over all leading dims (= squared distance of unit vectors)."""
+def cosine_distance(pred: torch.Tensor, target: torch.Tensor, normalize_target: bool = True) -> torch.Tensor:
+    """Mean of 2 - 2 cos(pred, target) over all leading dims (= squared distance of unit vectors). With
+    normalize_target False the target is used as given (2 - 2 <pred / |pred|, target>): a mean of unit vectors
+    keeps its length, which weighs the term by how much the averaged directions agree."""
     pred = F.normalize(pred.float(), dim=-1)
-    target = F.normalize(target.float(), dim=-1)
+    target = F.normalize(target.float(), dim=-1) if normalize_target else target.float()
     return (2.0 - 2.0 * (pred * target).sum(-1)).mean()
 
 

@@ -8,6 +8,11 @@ transformers' (`bert.embeddings.*`, `bert.encoder.layer.N.{attention,crossattent
 `cls.predictions.*`), so a transformers BERT directory loads by name and a stage-2 export keeps the released layout.
 A plain BERT has no cross-attention weights: they start as transformers initializes new BERT weights (normal, std
 = initializer_range), and the load report names them.
+
+Deliberate difference: no dropout (the release's xbert applies BERT's hidden and attention dropout, 0.1). Dropout
+draws from each process's torch generator, so the same sample would be dropped differently on another number of
+processes or after a resume on another world size; every other random draw of stage 2 (masks, matching negatives,
+MLM positions) comes from the sample's own seed so that runs are exact under any world size.
 """
 from __future__ import annotations
 

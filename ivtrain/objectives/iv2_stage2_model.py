@@ -119,8 +119,11 @@ class Stage2Model(nn.Module):
         return av, torch.cat([a_tokens, v_tokens], dim=1), mask
 
     def clamped_temp(self) -> torch.Tensor:
-        """The temperature clamped to its range for this step (as released, where the clamp acts on the weight
-        outside the autograd graph: the gradient passes as if unclamped)."""
+        """The temperature clamped to its range for this step; the gradient passes as if unclamped. The release
+        clamps the weight in place (`temp.clamp_`) before each forward; under DeepSpeed's bf16/fp16 training that
+        changes only the half-precision copy, and the optimizer's fp32 master, which is not clamped, overwrites it
+        at the next step: the value used is the clamped one and the master may pass the bound, as here. (In an fp32
+        run the release's clamp persists in the weight; this does not reproduce that.)"""
         lo, hi = self.temp_range
         return self.temp + (self.temp.clamp(lo, hi) - self.temp).detach()
 

@@ -47,6 +47,9 @@ class VisionSettings:
     layer: int = -1                  # the block whose tokens the QFormer reads (-2: the one before the last)
     lr_mult: float = 1.0
     checkpoint_activations: bool = False
+    # stochastic depth of the tower here, whatever the stage-2 export it comes from trained with (the release's
+    # stage 3 builds the vision encoder with drop_path_rate 0)
+    drop_path: float = 0.0
 
 
 @dataclass
@@ -202,7 +205,7 @@ def build_videochat(cfg: Stage3Config, num_frames: int, image_size: int, bf16: b
 
     source = cfg.init or cfg.vision.init
     encoder, _ = load_encoder(source, num_frames=num_frames, img_size=image_size,
-                              checkpoint_activations=cfg.vision.checkpoint_activations)
+                              checkpoint_activations=cfg.vision.checkpoint_activations, drop_path=cfg.vision.drop_path)
     qformer, _ = load_qformer(cfg.qformer, encoder.cfg.embed_dim)
     llm = cfg.llm if llm_path is None else replace(cfg.llm, path=llm_path, lora=replace(cfg.llm.lora, r=0))
     lm = load_llm(llm, llm_dtype(bf16))

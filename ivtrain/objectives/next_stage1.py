@@ -144,7 +144,8 @@ class NextStage1Student(nn.Module):
         out = self.encoder(video, visible, return_layers=self.align_index)
         w_align, w_pool, w_diff = self.weights
         loss_align = cosine_distance(self.aligned(out.layers, visible), align_targets)
-        loss_pooled = cosine_distance(self.final_clip_decoder(out.pooled), pooled)
+        # the pooled target is the mean over frames of the teacher's unit vectors, not normalized again (as released)
+        loss_pooled = cosine_distance(self.final_clip_decoder(out.pooled), pooled, normalize_target=False)
         loss = w_align * loss_align + w_pool * loss_pooled
         metrics = {"loss/align": loss_align.detach(), "loss/pooled": loss_pooled.detach()}
         if self.decoder is not None:   # each clip's hidden patches, repeated batch_mul times
