@@ -37,3 +37,23 @@ def test_features_cover_the_first_seconds_and_have_the_documented_shapes(wave):
     assert mel.shape[1] == 80 and abs(mel.shape[0] - 200) <= 1
     assert float(mel.max()) <= 1.5 and float(mel.max() - mel.min()) <= 2.0 + 1e-6   # Whisper's clamp and scale
     np.testing.assert_allclose(log_mel(wave[:32000]), mel.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_mono_flac_at_the_asked_rate_decodes_to_what_the_resampler_gives(tmp_path):
+    """The direct path (the data engine's 16 kHz 16-bit FLAC, read without swresample) and the resampler path give
+    the same float32 samples; a file at another rate still goes through the resampler."""
+    import io
+
+    import av
+
+    data = SPEECH.read_bytes()
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        assert (stream.codec_context.sample_rate, stream.codec_context.format.name) == (16000, "s16")
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=16000)
+        want = np.concatenate([r.to_ndarray().reshape(-1) for frame in container.decode(stream)
+                               for r in resampler.resample(frame)] + [r.to_ndarray().reshape(-1)
+                                                                       for r in resampler.resample(None)])
+    np.testing.assert_array_equal(decode_audio(data, 16000), want)
+    eight = decode_audio(data, 8000)                       # another rate: resampled to half the samples
+    assert abs(len(eight) - len(want) // 2) <= 64 and eight.dtype == np.float32

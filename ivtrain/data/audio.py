@@ -20,12 +20,22 @@ import torch
 from ivtrain.data.spec import AudioSpec
 
 
+# sample formats read without a resampler when a file is already mono at the asked rate (the data engine's 16 kHz
+# 16-bit FLAC): the same float32 values swresample gives (x / 32768), in a third of the time
+_SCALE = {"s16": 32768.0, "s16p": 32768.0, "flt": 1.0, "fltp": 1.0}
+
+
 def decode_audio(data: bytes, sample_rate: int) -> np.ndarray:
     """Mono float32 samples in [-1, 1] at `sample_rate` (resampled when the file has another rate)."""
     import av
 
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.audio[0]
+        ctx = stream.codec_context
+        if ctx.sample_rate == sample_rate and ctx.layout.nb_channels == 1 and ctx.format.name in _SCALE:
+            chunks = [frame.to_ndarray().reshape(-1) for frame in container.decode(stream)]
+            scale = np.float32(_SCALE[ctx.format.name])
+            return (np.concatenate(chunks).astype(np.float32) / scale) if chunks else np.zeros(0, np.float32)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
         chunks = [r.to_ndarray().reshape(-1) for frame in container.decode(stream) for r in resampler.resample(frame)]
         chunks += [r.to_ndarray().reshape(-1) for r in resampler.resample(None)]
@@ -62,15 +72,16 @@ def fbank(wave: np.ndarray, sample_rate: int = 16000, bins: int = 128) -> np.nda
 
     All frames at once: transformers' `spectrogram` (the reference this is tested against, with the same window
     and filters) computes it frame by frame in Python, 50 ms a 2 s clip here, which made it the loader's largest
-    cost per audio sample; this is a few milliseconds."""
+    cost per audio sample; this is about a millisecond (torch's FFT and matmul, in float64 as Kaldi computes)."""
     window, filters = _fbank_filters(sample_rate, bins)
     if len(wave) < 400:
         return np.zeros((0, bins), np.float32)
-    frames = np.lib.stride_tricks.sliding_window_view(wave.astype(np.float64) * 32768.0, 400)[::160]
-    frames = frames - frames.mean(axis=1, keepdims=True)                      # remove the DC offset
-    frames = np.concatenate([frames[:, :1] * (1 - 0.97), frames[:, 1:] - 0.97 * frames[:, :-1]], axis=1)
-    power = np.abs(np.fft.rfft(frames * window, n=512)) ** 2                 # (frames, 257)
-    return np.log(np.maximum(KALDI_FLOOR, power @ filters)).astype(np.float32)
+    frames = torch.from_numpy(np.asarray(wave, np.float64) * 32768.0).unfold(0, 400, 160)   # (frames, 400)
+    frames = frames - frames.mean(dim=1, keepdim=True)                       # remove the DC offset
+    frames = torch.cat([frames[:, :1] * (1 - 0.97), frames[:, 1:] - 0.97 * frames[:, :-1]], dim=1)
+    spec = torch.fft.rfft(frames * torch.from_numpy(window), n=512)         # (frames, 257)
+    power = spec.real ** 2 + spec.imag ** 2
+    return torch.log(torch.clamp(power @ torch.from_numpy(filters), min=KALDI_FLOOR)).float().numpy()
 
 
 def log_mel(wave: np.ndarray, sample_rate: int = 16000, bins: int = 80) -> np.ndarray:
