@@ -230,15 +230,18 @@ def test_cli_function_rejects_bad_input_clearly(corpus_and_models, tmp_path):
     with pytest.raises(typer.Exit):
         annotate(corpus=str(corpus.manifest_path), subset="all", stages="asr,ocr", config=None, asr_model=None,
                  audio_model=None, frames_model=None, fuse_model=None, fuse_url=None, device=None, batch_size=None,
-                 set_=[], workers=0, retry_failed=False)
+                 set_=[], workers=0, executor="local", ray_address=None,
+                 retry_failed=False)
     with pytest.raises(typer.Exit):          # a model path that does not exist fails before any work
         annotate(corpus=str(corpus.manifest_path), subset="all", stages="asr", config=None,
                  asr_model=str(tmp_path / "nope"), audio_model=None, frames_model=None, fuse_model=None,
-                 fuse_url=None, device=None, batch_size=None, set_=[], workers=0, retry_failed=False)
+                 fuse_url=None, device=None, batch_size=None, set_=[], workers=0, executor="local", ray_address=None,
+                 retry_failed=False)
     with pytest.raises(typer.Exit):
         annotate(corpus=str(corpus.manifest_path), subset="nosuch", stages="frames", config=None, asr_model=None,
                  audio_model=None, frames_model=str(models["captioner"]), fuse_model=None, fuse_url=None,
-                 device=None, batch_size=None, set_=["frames.merge=rule"], workers=0, retry_failed=False)
+                 device=None, batch_size=None, set_=["frames.merge=rule"], workers=0, executor="local", ray_address=None,
+                 retry_failed=False)
     with corpus.manifest(read_only=True) as m:
         assert m.scalar("SELECT count(*) FROM captions") == 0
 

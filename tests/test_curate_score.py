@@ -144,7 +144,7 @@ def test_report_shows_score_histograms_and_captions(scored, tmp_path):
 
 def test_demo_curation_writes_the_report(scored):
     """What `make demo` calls after building its corpus (its curation half)."""
-    from ivdata.curate.demo import curate_and_report
+    from ivdata.curate_demo import curate_and_report
     page = curate_and_report(scored["corpus"], model_dir=str(scored["clip_dir"]))
     text = page.read_text()
     assert page == scored["corpus"].root / "report" / "index.html"
