@@ -70,3 +70,21 @@ def test_an_ingest_stage_ships_its_configuration_not_its_rows(tmp_path):
             for i in range(10_000)]
     shipped = len(pickle.dumps(IngestStage(corpus, rows)))
     assert shipped < 4096, shipped               # the rows stay with the writer: it was 2.18 MB at 10k rows
+
+
+def test_model_stages_ask_for_a_gpu_per_worker_exactly_when_their_models_run_on_one(tmp_path):
+    from ivdata.annotate.config import load_config
+    from ivdata.pipeline import open_or_init
+    from ivdata.stages.annotate import FrameCaptionStage
+    from ivdata.stages.score import ScoreConfig, ScoreStage
+    corpus = open_or_init("c", tmp_path)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.safetensors").write_bytes(b"\0" * (3 << 20))
+    for device, gpus in (("cpu", 0), ("cuda", 1), ("cuda:1", 1)):
+        score = ScoreStage(corpus, ScoreConfig(metrics=["clip_text_sim"], model_dir=str(model), device=device))
+        assert score.resources().gpus == gpus
+        frames = FrameCaptionStage(corpus, load_config(None, {"device": device, "frames.model": str(model)}))
+        assert frames.resources().gpus == gpus
+        assert frames.resources().memory_mb == 3          # about what its weights take
+    assert ScoreStage(corpus, ScoreConfig(metrics=["motion"], device="cuda")).resources().gpus == 0
