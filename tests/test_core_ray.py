@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -34,8 +36,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def stop_cluster(temp_dir: str) -> None:
-    """End the processes of this cluster alone (those started with its temp dir, and their children), by id."""
+def cluster_processes(temp_dir: str) -> dict:
+    """The processes of a cluster (those started with its temp dir, and their children) by id."""
     import psutil
     procs = {}
     for p in psutil.process_iter(["cmdline"]):
@@ -45,6 +47,18 @@ def stop_cluster(temp_dir: str) -> None:
                 procs.update((c.pid, c) for c in p.children(recursive=True))
             except psutil.Error:
                 pass
+    return procs
+
+
+def kill(procs: dict) -> None:
+    """Kill these processes and their children as they are now (a raylet starts worker processes as it goes)."""
+    import psutil
+    procs = dict(procs)
+    for p in list(procs.values()):
+        try:
+            procs.update((c.pid, c) for c in p.children(recursive=True))
+        except psutil.Error:
+            pass
     for p in procs.values():
         try:
             p.kill()
@@ -53,24 +67,47 @@ def stop_cluster(temp_dir: str) -> None:
     psutil.wait_procs(list(procs.values()), timeout=10)
 
 
+def worker_on(node: dict) -> bool:
+    """Whether one of the node's processes is an executor worker (a Ray actor) running a chunk now."""
+    import psutil
+    for p in node.values():
+        try:
+            if any(c.name().startswith("ray::_Worker.run") for c in p.children(recursive=True)):
+                return True
+        except psutil.Error:
+            pass
+    return False
+
+
+COMMON = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats"]
+
+
+def add_node(address: str, resource: str) -> None:
+    subprocess.run([str(RAY), "start", "--address", address, "--resources", f'{{"{resource}": 1}}', *COMMON],
+                   env=ENV, check=True, capture_output=True, timeout=120)
+
+
 @pytest.fixture(scope="module")
-def cluster():
-    """A head node and a worker node, one CPU each: a task with two workers needs both nodes."""
+def cluster_dir():
+    """A head node and a worker node, one CPU each (a task with two workers needs both): (address, temp dir)."""
     temp_dir = tempfile.mkdtemp(prefix="ivr", dir="/tmp")      # short: Ray's socket paths must fit 107 bytes
     address = f"127.0.0.1:{free_port()}"
-    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats"]
     try:
         subprocess.run([str(RAY), "start", "--head", "--port", address.split(":")[1], "--temp-dir", temp_dir,
-                        "--include-dashboard", "false", *common], env=ENV, check=True, capture_output=True,
+                        "--include-dashboard", "false", *COMMON], env=ENV, check=True, capture_output=True,
                        timeout=120)
-        subprocess.run([str(RAY), "start", "--address", address, "--resources", '{"second_node": 1}', *common],
-                       env=ENV, check=True, capture_output=True, timeout=120)
+        add_node(address, "second_node")
         os.environ["RAY_AUTH_MODE"] = "disabled"            # for this process's own connections
-        yield address
+        yield address, temp_dir
     finally:
         import ray
         ray.shutdown()
-        stop_cluster(temp_dir)
+        kill(cluster_processes(temp_dir))
+
+
+@pytest.fixture
+def cluster(cluster_dir):
+    return cluster_dir[0]
 
 
 def iv(home: Path, *args: str) -> subprocess.CompletedProcess:
@@ -143,3 +180,51 @@ def test_a_stage_asking_for_gpus_on_a_cluster_without_any_fails_at_once(cluster)
     with pytest.raises(ExecutorError, match=r"asks for 1 GPU per worker, and the Ray cluster at .* has no GPU"):
         with Executor("ray", workers=1, address=cluster).session(AsksForGpu()):
             pass
+
+
+@pytest.mark.slow
+def test_a_worker_node_killed_mid_cut_costs_nothing_and_the_rerun_finds_nothing_to_redo(cluster_dir, tmp_path):
+    from ivdata import pipeline
+    from ivdata.media.synth import make_video
+    from ivdata.stages.cut import CutConfig
+    from ivdata.stages.split import SplitConfig
+    address, temp_dir = cluster_dir
+    videos = tmp_path / "videos"
+    for i in range(3):
+        make_video(videos / f"v{i}.mp4", seconds=12, size=(160, 120), audio="tone", seed=i)
+
+    def split_corpus(name: str) -> Corpus:
+        c = pipeline.open_or_init(name, tmp_path)
+        pipeline.ingest(c, [str(videos)])
+        pipeline.probe(c)
+        pipeline.split(c, SplitConfig(method="fixed", window_s=1.0, min_s=0.5))
+        return c
+
+    reference, c = split_corpus("reference"), split_corpus("killed")
+    pipeline.cut(reference, CutConfig(mode="reencode", short_side=64))
+    before = set(cluster_processes(temp_dir))
+    add_node(address, "doomed_node")
+    doomed = {pid: p for pid, p in cluster_processes(temp_dir).items() if pid not in before}
+    assert doomed
+    args = ["data", "cut", "-c", str(c.manifest_path), "--mode", "reencode", "--short-side", "64",
+            "--executor", "ray", "--ray-address", address]
+    cut = subprocess.Popen([sys.executable, "-c", "from cli import app; app()", *args, "-j", "3"],
+                           cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    store = c.clips_dir
+    deadline = time.time() + 120
+    while time.time() < deadline and cut.poll() is None and not (
+            sum(1 for _ in store.rglob("*.mp4")) >= 4 and worker_on(doomed)):
+        time.sleep(0.05)
+    assert cut.poll() is None, cut.stdout.read()
+    kill(doomed)                                  # the node and the worker it ran, mid-stage
+    out, _ = cut.communicate(timeout=300)
+    assert cut.returncode == 0, out
+    with c.manifest(read_only=True) as m:
+        counts = json.loads(m.scalar("SELECT counts FROM runs WHERE stage = 'cut' ORDER BY run_id DESC LIMIT 1"))
+    assert counts["lost_workers"] == 1 and counts["failed"] == 0, (counts, out)
+    res = iv(tmp_path, *args)
+    assert res.returncode == 0 and "cut: 0 ok, 0 failed" in res.stdout, res.stdout + res.stderr
+    for corpus in (reference, c):
+        pipeline.shard(corpus)
+    assert verify(c)[0] == []
+    assert facts(c) == facts(reference)           # every clip once, with the bytes a run never killed wrote

@@ -161,13 +161,16 @@ def ray_map(task: Any, items: Iterable[Any], workers: int, counts: SessionCounts
         slots.append(slot)
         return slot
 
-    def lose(slot: _Slot) -> list[Chunk]:
+    def drop(slot: _Slot) -> list[Chunk]:
         slots.remove(slot)
         for ref in [r for r, (s, _) in owner.items() if s is slot]:
             del owner[ref]
         ray.kill(slot.actor, no_restart=True)
-        counts.lost_workers += 1
         return [chunk for _, chunk in slot.held]
+
+    def lose(slot: _Slot) -> list[Chunk]:
+        counts.lost_workers += 1
+        return drop(slot)
 
     try:
         while True:
@@ -185,6 +188,15 @@ def ray_map(task: Any, items: Iterable[Any], workers: int, counts: SessionCounts
                 break
             ready, _ = ray.wait(list(owner), num_returns=1, timeout=WAIT_S)
             if not ready:
+                waiting = [s for s in slots if not s.placed and s.held]
+                if waiting and any(s.placed and not s.held for s in slots):
+                    # a replacement no node has room for (its node was lost) must not hold chunks that placed
+                    # workers could run: they go back out, and the run goes on with the workers it has
+                    for slot in waiting:
+                        for chunk in reversed(drop(slot)):
+                            dispatch.put_back(chunk)
+                    n = len(slots)
+                    continue
                 if any(s.placed for s in slots):
                     last_placed = time.monotonic()
                 elif time.monotonic() - last_placed > placement_timeout_s:
