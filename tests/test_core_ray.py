@@ -263,5 +263,13 @@ def test_annotate_on_a_two_node_ray_cluster_records_the_captions_the_local_execu
             for _, c in setups:          # one set-up per worker, on both nodes; none for a stage with nothing to do
                 assert json.loads(c)["worker_setups"] == min(2, json.loads(c)["pending"]), (setups, res.stdout)
     assert captions["ray"] == captions["local"]
+    # models on a GPU, a cluster without one: one line before any model loads or any run is recorded
+    manifest = tmp_path / "gpu.duckdb"
+    shutil.copy(built.manifest_path, manifest)
+    res = iv(tmp_path, *args, "--device", "cuda", "--executor", "ray", "--ray-address", cluster, "-c", str(manifest))
+    assert res.returncode == 2 and len(res.stdout.strip().splitlines()) == 1, res.stdout + res.stderr
+    assert "asks for 1 GPU per worker" in res.stdout and "has no GPU" in res.stdout, res.stdout
+    with Corpus(built.name, manifest, built.root).manifest(read_only=True) as m:
+        assert m.scalar("SELECT count(*) FROM runs WHERE stage LIKE 'annotate_%'") == 0
     kinds = {k for _, k, *_ in captions["ray"]}
     assert {"A", "V"} <= kinds and all(text for _, k, text, *_ in captions["ray"] if k == "V")
