@@ -416,7 +416,7 @@ def manifest_migrate(corpus: str = CorpusOpt):
 
 
 from ivdata.curate_cli import mount as _mount_curation  # noqa: E402
-from ivdata.stages.annotate import annotate as _annotate  # noqa: E402
+from ivdata.annotate_cli import annotate as _annotate  # noqa: E402
 from ivtrain import cli as _train_cli  # noqa: E402  (light: typer + the recipe dataclasses)
 
 _mount_curation(data_app, corpus_app)

@@ -25,7 +25,8 @@ from ivdata.annotate.config import load_config
 from ivdata.corpus import Corpus
 from ivdata.manifest import Manifest
 from ivdata.pipeline import build_corpus
-from ivdata.stages.annotate import annotate, asr_identity, frames_identity, fuse_identities, run_annotation
+from ivdata.annotate_cli import annotate
+from ivdata.stages.annotate import asr_identity, frames_identity, fuse_identities, run_annotation
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
@@ -189,7 +190,7 @@ def test_sigkill_mid_annotation_then_rerun(corpus_and_models, tmp_path):
         args = ["--corpus", str(corpus.manifest_path), "--stages", "frames", "--config",
                 str(ROOT / "recipes" / "vidcap_tiny.yaml"), "--frames-model", str(models["captioner"]),
                 "--fuse-url", srv.url, "--fuse-model", "served", "--batch-size", "1", "--set", "frames.max_frames=3"]
-        code = ("import sys, typer; from ivdata.stages.annotate import annotate; "
+        code = ("import sys, typer; from ivdata.annotate_cli import annotate; "
                 "sys.argv = ['annotate'] + sys.argv[1:]; typer.run(annotate)")
         env = {**os.environ, "IVKIT_PROGRESS": "0"}
         proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, env=env,
