@@ -2,9 +2,9 @@
 
 Ingest: a CSV list of N rows (path, caption, start, end) naming N small distinct files, so each item hashes a
 file and the writer records a video, a span and a caption per row. Probe: M copies of a short real video. Each
-executor runs on a fresh corpus; inline is the baseline the ratios are taken against. Ray is a local instance of
-this process's own with as many CPUs as the pool has workers (the same cores), so its ratio measures the
-executor's overhead, not more hardware.
+executor runs on a fresh corpus; inline is the baseline the ratios are taken against. Ray is the instance the
+executor starts for this process alone (as many CPUs as the host has: the same cores as the pool), with as many
+actors as the pool has processes, so its ratio measures the executor's overhead, not more hardware.
 
     python bench/executor_throughput.py [--rows 100000] [--videos 200] [--workers 2] [--skip-ray]
 """
@@ -67,8 +67,6 @@ def main() -> None:
         listing, vids = make_inputs(root, args.rows, args.videos)
         executors = {"inline": Executor("local", 0), f"pool -j {args.workers}": Executor("local", args.workers)}
         if not args.skip_ray:
-            import ray
-            ray.init(num_cpus=args.workers, include_dashboard=False, logging_level="WARNING")
             executors[f"ray ({args.workers} actors, local instance)"] = Executor("ray", args.workers)
         table = []
         for name, ex in executors.items():
