@@ -82,8 +82,12 @@ class ScoreStage(Stage):
         cfg = self.cfg
         if not {"aesthetic", "clip_text_sim"} & set(cfg.metrics):
             return
+        import torch
+        device = cfg.device
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            device = "cpu"      # the GPUs are the workers' (Ray nodes): loading and sizes are checked on CPU here
         try:
-            model = cached_embedder(model_spec(cfg.model_dir), cfg.device)
+            model = cached_embedder(model_spec(cfg.model_dir), device)
         except Exception as e:
             raise StageConfigError(f"score model {cfg.model_dir}: {type(e).__name__}: {e}") from e
         if "aesthetic" in cfg.metrics:
