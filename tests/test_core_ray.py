@@ -20,7 +20,7 @@ from ivdata.shards.verify import verify
 import counting_tasks
 from counting_tasks import CountsSetups
 
-pytest.importorskip("ray", reason="the [ray] extra is not installed (make setup installs it)")
+pytest.importorskip("ray", reason="the [ray] extra is not installed (make test installs it)")
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
