@@ -59,7 +59,7 @@ setup: $(VENV)/.installed $(VENV)/.open_clip $(VENV)/.ffmpeg_libs
 demo: setup
 	bash scripts/demo.sh
 
-test: setup $(VENV)/.llama_cpp
+test: setup $(VENV)/.llama_cpp $(VENV)/.ray
 	$(BIN)/python -m pytest -q -x
 
 $(VENV)/.ray: $(VENV)/.installed
@@ -82,6 +82,7 @@ bench: setup
 	$(BIN)/python bench/universal_conversion.py
 	$(BIN)/python bench/shard_index.py
 	$(BIN)/python bench/image_text_build.py
+	$(BIN)/python bench/executor_throughput.py
 
 # ivkit beside video2dataset 1.3.0 (installed into its own venv under bench/out, ~6 GB, once) and ffmpeg's
 # decode and remux limits, on the same 60 real files; appends its table to bench/RESULTS.md.

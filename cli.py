@@ -11,8 +11,8 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from ivdata.cliutil import (CliGroup, CorpusOpt, RetryOpt, WorkersOpt, console, fail, open_corpus, refusals,
-                             report_stats, warn)
+from ivdata.cliutil import (CliGroup, CorpusOpt, ExecutorOpt, RayAddressOpt, RetryOpt, WorkersOpt, console, fail,
+                             open_corpus, refusals, report_stats, run_on, warn)
 
 app = typer.Typer(help="ivkit: video pretraining corpora (DuckDB manifest + WebDataset shards) and training.",
                   no_args_is_help=True, add_completion=False, cls=CliGroup)
@@ -79,14 +79,15 @@ def data_ingest(sources: List[str] = typer.Argument(..., help="Files, directorie
                 max_bytes: int = typer.Option(8 << 30, help="Download size limit per video."),
                 timeout: float = typer.Option(60.0, help="Network timeout per request (s)."),
                 max_seconds: float = typer.Option(3600.0, help="Time limit per download (s), held during slow reads."),
-                workers: int = WorkersOpt, retry_failed: bool = RetryOpt):
+                workers: int = WorkersOpt, executor: str = ExecutorOpt, ray_address: Optional[str] = RayAddressOpt,
+                retry_failed: bool = RetryOpt):
     """Register videos and images (content sha256, provenance, per-row metadata, spans and list captions)."""
     from ivdata import pipeline
     from ivdata.stages.ingest import SourceError
     try:
-        stats = pipeline.ingest(open_corpus(corpus), sources, source=source, workers=workers,
-                                retry_failed=retry_failed, max_bytes=max_bytes, timeout_s=timeout,
-                                max_seconds=max_seconds, media_root=media_root)
+        stats = pipeline.ingest(open_corpus(corpus), sources, source=source,
+                                workers=run_on(executor, workers, ray_address), retry_failed=retry_failed,
+                                max_bytes=max_bytes, timeout_s=timeout, max_seconds=max_seconds, media_root=media_root)
     except (SourceError, FileNotFoundError) as e:
         fail(str(e))
     _report_ingest(stats)
@@ -100,10 +101,12 @@ def _report_ingest(stats) -> None:
 
 
 @data_app.command("probe")
-def data_probe(corpus: str = CorpusOpt, workers: int = WorkersOpt, retry_failed: bool = RetryOpt):
+def data_probe(corpus: str = CorpusOpt, workers: int = WorkersOpt, executor: str = ExecutorOpt,
+               ray_address: Optional[str] = RayAddressOpt, retry_failed: bool = RetryOpt):
     """Container/stream facts and decodability; unreadable files are recorded with a reason."""
     from ivdata import pipeline
-    report_stats("probe", pipeline.probe(open_corpus(corpus), workers=workers, retry_failed=retry_failed))
+    report_stats("probe", pipeline.probe(open_corpus(corpus), workers=run_on(executor, workers, ray_address),
+                                         retry_failed=retry_failed))
 
 
 @data_app.command("images")
@@ -113,7 +116,8 @@ def data_images(corpus: str = CorpusOpt,
                 format: str = typer.Option("jpg", "--format", help="jpg | webp | png | keep (JPEG/PNG/WebP as "
                                            "they are, others JPEG). One format keeps a shard set's members alike."),
                 quality: int = typer.Option(90, help="JPEG/WebP quality of images written again."),
-                workers: int = WorkersOpt, retry_failed: bool = RetryOpt):
+                workers: int = WorkersOpt, executor: str = ExecutorOpt, ray_address: Optional[str] = RayAddressOpt,
+                retry_failed: bool = RetryOpt):
     """Decode, size, optionally shrink and re-encode ingested images into the clip store (one clip per image);
     an unreadable or truncated image is recorded with its reason."""
     from ivdata import pipeline
@@ -122,7 +126,8 @@ def data_images(corpus: str = CorpusOpt,
         cfg = ImageConfig(short_side=short_side, format=format, quality=quality)
     except ValueError as e:
         fail(str(e))
-    report_stats("images", pipeline.images(open_corpus(corpus), cfg, workers=workers, retry_failed=retry_failed))
+    report_stats("images", pipeline.images(open_corpus(corpus), cfg, workers=run_on(executor, workers, ray_address),
+                                           retry_failed=retry_failed))
 
 
 @data_app.command("import-instructions")
@@ -135,14 +140,16 @@ def data_import_instructions(
         task: Optional[str] = typer.Option(None, help="Task recorded for entries that do not name one."),
         source: Optional[str] = typer.Option(None, help="Source name of media files new to the manifest "
                                              "(default: the dataset)."),
-        corpus: str = CorpusOpt, workers: int = WorkersOpt, retry_failed: bool = RetryOpt):
+        corpus: str = CorpusOpt, workers: int = WorkersOpt, executor: str = ExecutorOpt,
+        ray_address: Optional[str] = RayAddressOpt, retry_failed: bool = RetryOpt):
     """Import instruction data into the conversations table, linked to the video, clip or image each entry names;
     malformed entries and missing media are recorded with their reason, the rest imported."""
     from ivdata.instructions import InstructionFileError
     from ivdata.stages.instructions import import_instructions
     try:
         ingested, stats = import_instructions(open_corpus(corpus), file, format, media_root, dataset=dataset,
-                                              task=task, source=source, workers=workers, retry_failed=retry_failed)
+                                              task=task, source=source, workers=run_on(executor, workers, ray_address),
+                                              retry_failed=retry_failed)
     except InstructionFileError as e:
         fail(str(e))
     if ingested is not None:
@@ -164,7 +171,8 @@ def data_split(corpus: str = CorpusOpt,
                min_s: float = typer.Option(2.0, help="Drop segments shorter than this."),
                max_s: float = typer.Option(30.0, help="Longer segments become one seeded random window of this length."),
                window_s: float = typer.Option(10.0, help="Window length for --method fixed."),
-               seed: int = typer.Option(0), workers: int = WorkersOpt, retry_failed: bool = RetryOpt):
+               seed: int = typer.Option(0), workers: int = WorkersOpt, executor: str = ExecutorOpt,
+               ray_address: Optional[str] = RayAddressOpt, retry_failed: bool = RetryOpt):
     """Shot detection and windowing -> clip rows."""
     from ivdata import pipeline
     from ivdata.stages.split import SplitConfig
@@ -174,7 +182,8 @@ def data_split(corpus: str = CorpusOpt,
     except ValueError as e:
         fail(str(e))
     with refusals():
-        report_stats("split", pipeline.split(open_corpus(corpus), cfg, workers=workers, retry_failed=retry_failed))
+        report_stats("split", pipeline.split(open_corpus(corpus), cfg, workers=run_on(executor, workers, ray_address),
+                                             retry_failed=retry_failed))
 
 
 @data_app.command("cut")
@@ -190,7 +199,8 @@ def data_cut(corpus: str = CorpusOpt,
                                                 "(and over 2 frames short) is recorded as failed."),
              allow_mixed_options: bool = typer.Option(False, help="Cut even though clips already cut used other "
                                                       "settings (the corpus then mixes them)."),
-             workers: int = WorkersOpt, retry_failed: bool = RetryOpt):
+             workers: int = WorkersOpt, executor: str = ExecutorOpt, ray_address: Optional[str] = RayAddressOpt,
+             retry_failed: bool = RetryOpt):
     """Cut clip files into the content-addressed clip store."""
     from ivdata import pipeline
     from ivdata.stages.cut import CutConfig
@@ -200,7 +210,8 @@ def data_cut(corpus: str = CorpusOpt,
     except ValueError as e:
         fail(str(e))
     with refusals():
-        report_stats("cut", pipeline.cut(open_corpus(corpus), cfg, workers=workers, retry_failed=retry_failed,
+        report_stats("cut", pipeline.cut(open_corpus(corpus), cfg, workers=run_on(executor, workers, ray_address),
+                                         retry_failed=retry_failed,
                                          allow_mixed=allow_mixed_options))
 
 
@@ -216,7 +227,7 @@ def data_shard(corpus: str = CorpusOpt, subset: str = typer.Option("all", help="
                                                   "KIND that goes in (default: the newest of each kind). Repeatable."),
                conversations: bool = typer.Option(False, "--conversations", help="One sample per imported "
                                                   "conversation on the subset's clips (+ K.conversations.json)."),
-               workers: int = WorkersOpt):
+               workers: int = WorkersOpt, executor: str = ExecutorOpt, ray_address: Optional[str] = RayAddressOpt):
     """Write a subset as WebDataset tars + a wids index; fill the shards/samples tables."""
     from ivdata import pipeline
     from ivdata.stages.shard import CaptionPin, ShardConfig
@@ -229,7 +240,7 @@ def data_shard(corpus: str = CorpusOpt, subset: str = typer.Option("all", help="
     except ValueError as e:
         fail(str(e))
     with refusals():
-        stats = pipeline.shard(open_corpus(corpus), cfg, workers=workers)
+        stats = pipeline.shard(open_corpus(corpus), cfg, workers=run_on(executor, workers, ray_address))
     report_stats("shard", stats)
     if stats.extra.get("member_sets"):
         warn(f"shard set {cfg.name} mixes samples of different members ({', '.join(stats.extra['member_sets'])}): "
@@ -286,7 +297,8 @@ def data_samples(out: Path = typer.Argument(..., help="Folder to write the sampl
 def data_build(sources: List[str] = typer.Argument(...), corpus: str = CorpusOpt,
                split: str = typer.Option("shots"), cut: str = typer.Option("copy"),
                short_side: Optional[int] = typer.Option(None), fps: Optional[float] = typer.Option(None),
-               maxcount: int = typer.Option(1000), source: str = typer.Option("local"), workers: int = WorkersOpt):
+               maxcount: int = typer.Option(1000), source: str = typer.Option("local"), workers: int = WorkersOpt,
+               executor: str = ExecutorOpt, ray_address: Optional[str] = RayAddressOpt):
     """ingest -> probe (videos) and images -> split -> cut -> shard in one go (creates the corpus if needed)."""
     from ivdata import pipeline
     from ivdata.stages.cut import CutConfig
@@ -295,18 +307,19 @@ def data_build(sources: List[str] = typer.Argument(...), corpus: str = CorpusOpt
     from ivdata.manifest import ManifestError
     from ivdata.stages.ingest import SourceError
     try:
+        where = run_on(executor, workers, ray_address)
         c = pipeline.open_or_init(corpus)
         cut_cfg = CutConfig(mode=cut, short_side=short_side, fps=fps)
         split_cfg = SplitConfig(method=split)
-        _report_ingest(pipeline.ingest(c, sources, source=source, workers=workers))
+        _report_ingest(pipeline.ingest(c, sources, source=source, workers=where))
     except (ManifestError, SourceError, ValueError) as e:
         fail(str(e))
     with refusals():
-        report_stats("probe", pipeline.probe(c, workers=workers))
-        report_stats("images", pipeline.images(c, workers=workers))
-        report_stats("split", pipeline.split(c, split_cfg, workers=workers))
-        report_stats("cut", pipeline.cut(c, cut_cfg, workers=workers))
-        report_stats("shard", pipeline.shard(c, ShardConfig(maxcount=maxcount), workers=workers))
+        report_stats("probe", pipeline.probe(c, workers=where))
+        report_stats("images", pipeline.images(c, workers=where))
+        report_stats("split", pipeline.split(c, split_cfg, workers=where))
+        report_stats("cut", pipeline.cut(c, cut_cfg, workers=where))
+        report_stats("shard", pipeline.shard(c, ShardConfig(maxcount=maxcount), workers=where))
 
 
 # ------------------------------------------------------------------------------------------- models
@@ -403,8 +416,8 @@ def manifest_migrate(corpus: str = CorpusOpt):
         console.print(f"schema version {m.schema_version()}")
 
 
-from ivdata.curate.cli import mount as _mount_curation  # noqa: E402
-from ivdata.stages.annotate import annotate as _annotate  # noqa: E402
+from ivdata.curate_cli import mount as _mount_curation  # noqa: E402
+from ivdata.annotate_cli import annotate as _annotate  # noqa: E402
 from ivtrain import cli as _train_cli  # noqa: E402  (light: typer + the recipe dataclasses)
 from ivtrain.eval import cli as _run_cli  # noqa: E402
 

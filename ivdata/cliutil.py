@@ -12,7 +12,12 @@ console = Console(soft_wrap=True)
 
 CorpusOpt = typer.Option("default", "--corpus", "-c", envvar="IVKIT_CORPUS",
                          help="Corpus name (manifests/NAME.duckdb under $IVKIT_HOME) or a .duckdb path.")
-WorkersOpt = typer.Option(0, "--workers", "-j", help="Parallel worker processes (0: run inline).")
+WorkersOpt = typer.Option(0, "--workers", "-j", help="Parallel workers: local processes (0: run inline), or with "
+                          "--executor ray, Ray actors (0: as many as the cluster holds).")
+ExecutorOpt = typer.Option("local", "--executor", help="Where per-item work runs: local (this host) | ray (a Ray "
+                           "cluster; nodes must see the corpus at the same paths).")
+RayAddressOpt = typer.Option(None, "--ray-address", help="Ray cluster HOST:PORT or ray://HOST:PORT (default: "
+                             "$RAY_ADDRESS, else a Ray instance of this command's own).")
 RetryOpt = typer.Option(False, "--retry-failed", help="Also redo items whose failure is recorded.")
 
 _SUMMARY_KEYS = ("ok", "failed", "skipped", "pending", "seconds", "media_seconds", "items_per_s", "media_s_per_s")
@@ -41,14 +46,23 @@ def warn(msg: str) -> None:
 class CliGroup(TyperGroup):
     """The `iv` app's root group: a ManifestError raised by any command under it (a missing subset, a manifest
     another process is writing, ...) says what is wrong in one line and exits with code 2, without a traceback.
-    ManifestError is the data engine's error for what the user can fix; anything else is a bug and shows one."""
+    ManifestError is the data engine's error for what the user can fix, as are ExecutorError (an unreachable Ray
+    cluster, a worker no node can hold) and WorkerSetupError (models that do not load in a worker); anything else
+    is a bug and shows one."""
 
     def invoke(self, ctx):
         from ivdata.manifest import ManifestError
+        from ivdata.runtime.executor import ExecutorError, WorkerSetupError
         try:
             return super().invoke(ctx)
-        except ManifestError as e:
+        except (ManifestError, ExecutorError, WorkerSetupError) as e:
             fail(str(e))
+
+
+def run_on(executor: str, workers: int, ray_address: str | None):
+    """The Executor the --executor / --workers / --ray-address options name (an ExecutorError is one line)."""
+    from ivdata.runtime.executor import Executor
+    return Executor(executor, workers, ray_address)
 
 
 def open_corpus(name: str):

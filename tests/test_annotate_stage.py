@@ -25,7 +25,8 @@ from ivdata.annotate.config import load_config
 from ivdata.corpus import Corpus
 from ivdata.manifest import Manifest
 from ivdata.pipeline import build_corpus
-from ivdata.stages.annotate import annotate, asr_identity, frames_identity, fuse_identities, run_annotation
+from ivdata.annotate_cli import annotate
+from ivdata.stages.annotate import asr_identity, frames_identity, fuse_identities, run_annotation
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
@@ -189,7 +190,7 @@ def test_sigkill_mid_annotation_then_rerun(corpus_and_models, tmp_path):
         args = ["--corpus", str(corpus.manifest_path), "--stages", "frames", "--config",
                 str(ROOT / "recipes" / "vidcap_tiny.yaml"), "--frames-model", str(models["captioner"]),
                 "--fuse-url", srv.url, "--fuse-model", "served", "--batch-size", "1", "--set", "frames.max_frames=3"]
-        code = ("import sys, typer; from ivdata.stages.annotate import annotate; "
+        code = ("import sys, typer; from ivdata.annotate_cli import annotate; "
                 "sys.argv = ['annotate'] + sys.argv[1:]; typer.run(annotate)")
         env = {**os.environ, "IVKIT_PROGRESS": "0"}
         proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, env=env,
@@ -230,15 +231,18 @@ def test_cli_function_rejects_bad_input_clearly(corpus_and_models, tmp_path):
     with pytest.raises(typer.Exit):
         annotate(corpus=str(corpus.manifest_path), subset="all", stages="asr,ocr", config=None, asr_model=None,
                  audio_model=None, frames_model=None, fuse_model=None, fuse_url=None, device=None, batch_size=None,
-                 set_=[], workers=0, retry_failed=False)
+                 set_=[], workers=0, executor="local", ray_address=None,
+                 retry_failed=False)
     with pytest.raises(typer.Exit):          # a model path that does not exist fails before any work
         annotate(corpus=str(corpus.manifest_path), subset="all", stages="asr", config=None,
                  asr_model=str(tmp_path / "nope"), audio_model=None, frames_model=None, fuse_model=None,
-                 fuse_url=None, device=None, batch_size=None, set_=[], workers=0, retry_failed=False)
+                 fuse_url=None, device=None, batch_size=None, set_=[], workers=0, executor="local", ray_address=None,
+                 retry_failed=False)
     with pytest.raises(typer.Exit):
         annotate(corpus=str(corpus.manifest_path), subset="nosuch", stages="frames", config=None, asr_model=None,
                  audio_model=None, frames_model=str(models["captioner"]), fuse_model=None, fuse_url=None,
-                 device=None, batch_size=None, set_=["frames.merge=rule"], workers=0, retry_failed=False)
+                 device=None, batch_size=None, set_=["frames.merge=rule"], workers=0, executor="local", ray_address=None,
+                 retry_failed=False)
     with corpus.manifest(read_only=True) as m:
         assert m.scalar("SELECT count(*) FROM captions") == 0
 

@@ -1,6 +1,7 @@
 """Bad options and a busy manifest: one clear line, exit code 2, nothing written."""
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,19 @@ def test_internvid2_selection_before_dedupe_is_refused_and_writes_nothing(small_
     one_line_error(res, "within subset 'deduped', which does not exist (run `iv data dedupe` first)")
     with small_corpus.manifest(read_only=True) as m:
         assert m.scalar("SELECT count(*) FROM subset_defs WHERE name LIKE 'internvid2%'") == 0
+
+
+def test_an_unreachable_or_malformed_ray_address_is_one_line_before_anything_is_recorded(small_corpus, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with socket.socket() as s:          # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{s.getsockname()[1]}"
+    before = runs(small_corpus)
+    for stage in (("data", "probe"), ("data", "cut"), ("data", "shard")):
+        one_line_error(iv(small_corpus, *stage, "--executor", "ray", "--ray-address", closed),
+                       f"cannot reach a Ray cluster at {closed}")
+    one_line_error(iv(small_corpus, "data", "probe", "--executor", "ray", "--ray-address", "head-node"),
+                   "expected HOST:PORT")
+    one_line_error(iv(small_corpus, "data", "probe", "--executor", "dask"), "--executor 'dask': one of local, ray")
+    one_line_error(iv(small_corpus, "data", "probe", "--ray-address", closed), "--ray-address needs --executor ray")
+    assert runs(small_corpus) == before

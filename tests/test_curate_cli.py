@@ -5,7 +5,7 @@ from pathlib import Path
 import typer
 from typer.testing import CliRunner
 
-from ivdata.curate.cli import mount
+from ivdata.curate_cli import mount
 from test_curate_kmash import RECIPES, make_data_root, tiny_video
 
 runner = CliRunner()

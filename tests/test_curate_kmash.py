@@ -166,7 +166,7 @@ def test_kmash_build_has_the_counts_and_provenance_in_the_manifest(tmp_path, mon
     import tarfile
 
     from ivdata.corpus import Corpus
-    from ivdata.curate.build import build_kmash
+    from ivdata.kmash_build import build_kmash
 
     monkeypatch.setenv("IVKIT_PROGRESS", "0")
     root = make_data_root(tmp_path / "data", lambda p: p.touch())

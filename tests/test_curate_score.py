@@ -144,7 +144,7 @@ def test_report_shows_score_histograms_and_captions(scored, tmp_path):
 
 def test_demo_curation_writes_the_report(scored):
     """What `make demo` calls after building its corpus (its curation half)."""
-    from ivdata.curate.demo import curate_and_report
+    from ivdata.curate_demo import curate_and_report
     page = curate_and_report(scored["corpus"], model_dir=str(scored["clip_dir"]))
     text = page.read_text()
     assert page == scored["corpus"].root / "report" / "index.html"
@@ -171,3 +171,15 @@ def test_a_head_of_the_wrong_size_fails_once_up_front(scored, tmp_path):
     assert res.output.strip().count("\n") == 0
     with corpus.manifest(read_only=True) as m:
         assert (m.scalar("SELECT count(*) FROM scores"), m.scalar("SELECT count(*) FROM runs")) == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a host without a GPU")
+def test_scoring_on_gpus_is_checked_on_a_host_without_one(scored):
+    """The GPUs may be on the cluster's worker nodes only: the model and head are checked on CPU here, and each
+    worker asks for a GPU."""
+    cfg = ScoreConfig(metrics=("aesthetic",), model_dir=str(scored["clip_dir"]),
+                      aesthetic_head=scored["cfg"].aesthetic_head, device="cuda")
+    stage = ScoreStage(scored["corpus"], cfg)
+    with scored["corpus"].manifest(read_only=True) as m:
+        stage.check(m, retry_failed=False)
+    assert stage.resources().gpus == 1

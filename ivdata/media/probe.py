@@ -10,8 +10,10 @@ from dataclasses import asdict, dataclass
 
 import av
 
+from ivdata.errors import ItemFault
 
-class MediaError(RuntimeError):
+
+class MediaError(ItemFault):
     """A file that cannot be used, with a reason fit for the manifest's `error` column."""
 
 

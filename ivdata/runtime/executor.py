@@ -1,16 +1,35 @@
 """Run a stage's per-item work in parallel while the caller stays the single manifest writer.
 
-`map_unordered(fn, items)` yields (item, result-or-exception) as work completes. Workers never touch
-the manifest: they return plain data, and the caller records it. Three executors share that contract:
-inline (workers=0, easiest to debug), a local process pool (default), and Ray (clusters).
+A task (every stage is one) is an object with `resources()` (what one worker holds), `setup()` (run once per
+worker before its first item: load models there) and `work(item)` (a pure function of the item; no manifest
+access). An `Executor` says where the work runs:
+
+    Executor("local", workers=0)     inline: setup once, then every item in this process (easiest to debug)
+    Executor("local", workers=N)     N spawned worker processes, kept for the life of this process
+                                     (ivdata/runtime/pool.py)
+    Executor("ray", workers=N, address=ADDR)
+                                     N Ray actors on a cluster, each asking for the task's resources
+                                     (ivdata/runtime/ray_cluster.py)
+
+    with executor.session(stage) as session:     # connects and checks a worker fits before anything runs
+        for item, result in session.map(items):  # result: the work's value, or WorkFailed(reason)
+            ...
+
+The parallel executors share their rules (ivdata/runtime/dispatch.py): the task is shipped to each worker once
+and set up there once; items go out in chunks sized to about 50 ms of work, at most two chunks per worker, so
+the items in flight are bounded; a chunk's results come back together; a worker that dies costs at most the
+item it died on, which is recorded as failed, and the other items it held run again.
 """
 from __future__ import annotations
 
-import atexit
-import multiprocessing as mp
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
+
+from ivdata.errors import ItemFault
+
+KINDS = ("local", "ray")
 
 
 class WorkFailed(Exception):
@@ -21,110 +40,162 @@ class WorkFailed(Exception):
         self.reason = reason
 
 
-def _call(fn: Callable, item: Any):
+class ExecutorError(RuntimeError):
+    """The work cannot start where it was asked to run (an unreachable cluster, a worker no node can hold).
+    Raised before the first item, so nothing is recorded; its message is one line for the user."""
+
+
+class WorkerSetupError(RuntimeError):
+    """A worker's `setup()` raised (a model that does not load there): every item would fail the same way, so the
+    run stops instead of recording a failure per item."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one worker of a task holds while it runs. The local pool runs one item per process whatever they
+    say; Ray places each worker (an actor) on a node that has them free."""
+    cpus: float = 1.0
+    gpus: float = 0.0
+    memory_mb: int = 0            # 0: no reservation
+
+    def describe(self) -> str:
+        parts = [f"{self.cpus:g} CPU"] + ([f"{self.gpus:g} GPU"] if self.gpus else [])
+        return ", ".join(parts + ([f"{self.memory_mb} MiB memory"] if self.memory_mb else []))
+
+
+def failure_reason(e: BaseException) -> str:
+    """What the manifest records for a failed item: an item fault's own sentence, else the exception."""
+    return str(e) if isinstance(e, ItemFault) else f"{type(e).__name__}: {e}"
+
+
+def call(fn: Callable, item: Any) -> tuple[bool, Any]:
     try:
         return True, fn(item)
     except Exception as e:  # the item fails, the run goes on
         return False, failure_reason(e)
 
 
-def failure_reason(e: Exception) -> str:
-    """What the manifest records for a failed item: a media fault's own sentence, else the exception."""
-    return str(e) if _is_media(e) else f"{type(e).__name__}: {e}"
+def run_chunk(task: Any, items: list) -> tuple[list[tuple[bool, Any]], float]:
+    """A worker's side of a chunk: each item's (ok, result or reason), and the seconds the chunk took."""
+    t = time.perf_counter()
+    out = [call(task.work, x) for x in items]
+    return out, time.perf_counter() - t
 
 
-def _is_media(e: Exception) -> bool:
-    from ivdata.media.probe import MediaError
-    return isinstance(e, MediaError)
+def task_name(task: Any) -> str:
+    return getattr(task, "name", None) or type(task).__name__
 
 
-_POOLS: dict[int, ProcessPoolExecutor] = {}
+class FunctionTask:
+    """A plain function as a task: no set-up, one CPU."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+        self.name = getattr(fn, "__name__", "function")
+
+    def resources(self) -> Resources:
+        return Resources()
+
+    def setup(self) -> None:
+        pass
+
+    def work(self, item: Any) -> Any:
+        return self.fn(item)
 
 
-def _pool(workers: int) -> ProcessPoolExecutor:
-    """One pool per worker count, kept for the life of the process: starting spawn workers costs about a
-    second each, which would otherwise be paid again by every stage of a pipeline."""
-    pool = _POOLS.get(workers)
-    if pool is None:
-        # spawn: the parent holds a DuckDB connection and threads; forking that is not safe.
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
-        _POOLS[workers] = pool
-    return pool
+@dataclass
+class SessionCounts:
+    """What a session did besides the items: how many workers ran `setup`, how many died under it."""
+    worker_setups: int = 0
+    lost_workers: int = 0
+
+    def as_dict(self) -> dict:
+        return {"worker_setups": self.worker_setups, "lost_workers": self.lost_workers}
 
 
-def _drop_pool(workers: int) -> None:
-    pool = _POOLS.pop(workers, None)
-    if pool is not None:
-        pool.shutdown(wait=False, cancel_futures=True)
+@dataclass(frozen=True)
+class Executor:
+    kind: str = "local"              # local | ray
+    workers: int = 0                 # local: worker processes (0: inline); ray: actors (0: as many as fit)
+    address: str | None = None       # ray: cluster address (None: $RAY_ADDRESS, else a local Ray instance)
+    placement_timeout_s: float = 600.0   # ray: give up when no worker has been placed for this long
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ExecutorError(f"--executor {self.kind!r}: one of {', '.join(KINDS)}")
+        if self.workers < 0:
+            raise ExecutorError(f"--workers {self.workers}: 0 or more")
+        if self.address and self.kind != "ray":
+            raise ExecutorError("--ray-address needs --executor ray")
+
+    @classmethod
+    def of(cls, workers: "int | Executor") -> "Executor":
+        """An executor as given, or a worker count: the local executor with that many processes."""
+        return workers if isinstance(workers, Executor) else cls("local", int(workers))
+
+    @property
+    def inline(self) -> bool:
+        return self.kind == "local" and self.workers == 0
+
+    def config(self) -> dict:
+        """What the runs table records about where a run ran."""
+        out: dict = {"executor": self.kind, "workers": self.workers}
+        if self.kind == "ray":
+            from ivdata.runtime.ray_cluster import resolve_address
+            out["ray_address"] = resolve_address(self.address) or "local instance"
+        return out
+
+    def connect(self) -> None:
+        """Reach where the work will run, or raise ExecutorError (one line) before anything is recorded."""
+        if self.kind == "ray":
+            from ivdata.runtime.ray_cluster import connect
+            connect(self.address, self.workers)
+
+    @contextmanager
+    def session(self, task: Any) -> Iterator["Session"]:
+        """Connect and check that a worker of `task` fits (ExecutorError otherwise), then map items with it."""
+        self.connect()
+        if self.kind == "ray":
+            from ivdata.runtime.ray_cluster import check_fits
+            check_fits(task, self.address)
+        yield Session(self, task)
 
 
-@atexit.register
-def _shutdown_pools() -> None:
-    for w in list(_POOLS):
-        _drop_pool(w)
+class Session:
+    def __init__(self, executor: Executor, task: Any):
+        self.executor, self.task = executor, task
+        self.counts = SessionCounts()
+
+    def map(self, items: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
+        """Yield (item, result) or (item, WorkFailed) in completion order."""
+        ex = self.executor
+        if ex.kind == "ray":
+            from ivdata.runtime.ray_cluster import ray_map
+            yield from ray_map(self.task, items, ex.workers, self.counts, ex.placement_timeout_s)
+        elif ex.workers > 0:
+            from ivdata.runtime.pool import pool
+            yield from pool(ex.workers).map(self.task, items, self.counts)
+        else:
+            yield from inline_map(self.task, items, self.counts)
 
 
-def map_unordered(fn: Callable, items: Iterable[Any], workers: int = 0, backend: str = "local",
-                  max_in_flight: int | None = None) -> Iterator[tuple[Any, Any]]:
-    """Yield (item, result) or (item, WorkFailed) in completion order."""
-    items = list(items)
-    if backend == "ray":
-        yield from _ray_map(fn, items, workers)
-        return
-    if workers <= 0 or len(items) <= 1:
-        for it in items:
-            ok, res = _call(fn, it)
-            yield it, res if ok else WorkFailed(res)
-        return
-    limit = max_in_flight or workers * 4
-    queue = list(reversed(items))
-
-    def submit_next(pool: ProcessPoolExecutor, pending: dict) -> None:
-        # taken off the queue only once submitted: a broken pool raises in submit, and the item must
-        # stay queued for the rebuilt pool, not vanish
-        fut = pool.submit(_call, fn, queue[-1])
-        pending[fut] = queue.pop()
-
-    while queue:
-        pool, pending = _pool(workers), {}
-        try:
-            while queue and len(pending) < limit:
-                submit_next(pool, pending)
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    ok, res = fut.result()
-                    x = pending.pop(fut)
-                    yield x, res if ok else WorkFailed(res)
-                    if queue:
-                        submit_next(pool, pending)
-        except BrokenProcessPool:
-            # A worker died (a decoder segfault on a corrupt file, the OOM killer): we cannot tell which
-            # in-flight item did it, so each one reruns alone and only the culprit is recorded as failed.
-            _drop_pool(workers)
-            for x in pending.values():
-                yield x, _run_isolated(fn, x)
+def inline_map(task: Any, items: Iterable[Any], counts: SessionCounts) -> Iterator[tuple[Any, Any]]:
+    started = False
+    for it in items:
+        if not started:          # no items, no set-up (a stage with nothing to do loads no model)
+            try:
+                task.setup()
+            except Exception as e:
+                raise WorkerSetupError(f"{task_name(task)}: set-up failed: {failure_reason(e)}") from e
+            counts.worker_setups += 1
+            started = True
+        ok, res = call(task.work, it)
+        yield it, res if ok else WorkFailed(res)
 
 
-def _run_isolated(fn: Callable, item: Any) -> Any:
-    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as one:
-        try:
-            ok, res = one.submit(_call, fn, item).result()
-        except BrokenProcessPool:
-            return WorkFailed("worker process crashed on this item (e.g. a decoder segfault)")
-    return res if ok else WorkFailed(res)
-
-
-def _ray_map(fn: Callable, items: list, workers: int) -> Iterator[tuple[Any, Any]]:
-    import ray  # optional extra: pip install 'ivkit[ray]'
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=workers or None, ignore_reinit_error=True, include_dashboard=False)
-    remote = ray.remote(_call)
-    refs = {remote.remote(fn, x): x for x in items}
-    while refs:
-        done, _ = ray.wait(list(refs), num_returns=1)
-        for ref in done:
-            x = refs.pop(ref)
-            ok, res = ray.get(ref)
-            yield x, res if ok else WorkFailed(res)
+def map_unordered(fn: Callable | Any, items: Iterable[Any], workers: "int | Executor" = 0
+                  ) -> Iterator[tuple[Any, Any]]:
+    """Map a plain function (or a task) over items: (item, result) or (item, WorkFailed) in completion order."""
+    task = fn if hasattr(fn, "work") else FunctionTask(fn)
+    with Executor.of(workers).session(task) as s:
+        yield from s.map(items)

@@ -14,7 +14,9 @@ Every outcome is a row: a clip without audio or with silence gets an empty S and
 says why, and a clip whose decoding fails gets an empty row with status 'failed' and the reason
 (redone only with retry_failed), so nothing is retried forever and nothing is silently missing.
 Work items are batches of clips (models run batched); each batch is committed on its own, so a
-killed run loses at most the batches in flight.
+killed run loses at most the batches in flight. Each stage loads its models once per worker (`setup`); a
+stage whose models run on a GPU (`--device cuda`) asks the executor for one GPU per worker, so on a Ray
+cluster its workers go to GPU nodes.
 """
 from __future__ import annotations
 
@@ -22,25 +24,17 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, ClassVar, List, Optional
+from typing import Any, ClassVar
 
-import typer
-
-from ivdata.annotate.config import STAGES, VidCapConfig, load_config
+from ivdata.annotate.config import STAGES, VidCapConfig
 from ivdata.annotate.prompts import TRANSLATE, V_MERGE, prompt_hash
 from ivdata.corpus import Corpus
 from ivdata.manifest import Manifest
 from ivdata.manifest.db import utcnow
-from ivdata.stages.base import Stage, StageStats, failed, run_stage
+from ivdata.runtime.executor import Executor, Resources
+from ivdata.stages.base import Stage, StageStats, failed, model_memory_mb, run_stage
 
 ANNOTATE_VERSION = "1"
-_MODELS: dict[tuple, Any] = {}        # per worker process: models load once, not once per batch
-
-
-def _cached(key: tuple, build: Callable[[], Any]) -> Any:
-    if key not in _MODELS:
-        _MODELS[key] = build()
-    return _MODELS[key]
 
 
 # -- the identity a caption records (config only: computing it loads no model) ---------------------
@@ -79,7 +73,7 @@ def fuse_identities(cfg: VidCapConfig) -> dict[str, tuple[str, str]]:
 class CaptionStage(Stage):
     """pending = subset clips without a row of `kinds[0]` for this identity; work = one batch of clips."""
     kinds: ClassVar[tuple[str, ...]]
-    needs = ("clips.path", "clips.audio_path", "clips.duration_s", "clips.has_audio")
+    needs = ("clips.path", "clips.audio_path", "clips.duration_s", "clips.has_audio", "subsets")
     produces = ("captions",)
 
     def __init__(self, corpus: Corpus, cfg: VidCapConfig, subset: str = "all"):
@@ -110,6 +104,24 @@ class CaptionStage(Stage):
 
     def device(self) -> str:
         return self.cfg.resolved_device()
+
+    def model_paths(self) -> list[str]:
+        """The local model files and folders this stage loads (for its workers' memory)."""
+        raise NotImplementedError
+
+    def resources(self) -> Resources:
+        return Resources(gpus=1 if self.device().startswith("cuda") else 0,
+                         memory_mb=model_memory_mb(self.model_paths()))
+
+    def setup(self) -> None:
+        self._models = self.load_models()
+
+    def load_models(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def fusion_paths(self) -> list[str]:
+        f = self.cfg.fuse
+        return [f.model] if f.backend != "openai" and f.model else []
 
     def record(self, m: Manifest, done: list, stats: StageStats) -> None:
         rows, now = [], utcnow()
@@ -162,12 +174,9 @@ class CaptionStage(Stage):
         """Run the model(s) over the whole batch."""
         raise NotImplementedError
 
-    # shared model loaders (cached per process)
-    def generator(self):
+    def load_generator(self):
         from ivdata.annotate.fuse import load_generator
-        f = self.cfg.fuse
-        return _cached(("fuse", json.dumps(asdict(f), sort_keys=True), self.device()),
-                       lambda: load_generator(f, self.device()))
+        return load_generator(self.cfg.fuse, self.device())
 
 
 def _load_clip_audio(clip: dict):
@@ -186,17 +195,24 @@ class AsrStage(CaptionStage):
     def prepare(self, clip):
         return _load_clip_audio(clip)
 
-    def compute(self, audios):
-        from ivdata.annotate.asr import load_asr, transcribe_clip
+    def model_paths(self):
+        t = self.cfg.asr.translate
+        return ([self.cfg.asr.model] + ([t.model] if t.backend == "seq2seq" and t.model else [])
+                + (self.fusion_paths() if t.backend == "llm" else []))
+
+    def load_models(self):
+        from ivdata.annotate.asr import load_asr
         from ivdata.annotate.translate import load_translator
         a = self.cfg.asr
-        asr = _cached(("asr", json.dumps(asdict(a), sort_keys=True), self.device()),
-                      lambda: load_asr(a, self.device()))
         translator = None
         if a.translate.backend != "none":
-            translator = _cached(("translate", json.dumps(asdict(a.translate), sort_keys=True), self.device()),
-                                 lambda: load_translator(a.translate, self.device(),
-                                                         self.generator() if a.translate.backend == "llm" else None))
+            translator = load_translator(a.translate, self.device(),
+                                         self.load_generator() if a.translate.backend == "llm" else None)
+        return {"asr": load_asr(a, self.device()), "translator": translator}
+
+    def compute(self, audios):
+        from ivdata.annotate.asr import transcribe_clip
+        a, asr, translator = self.cfg.asr, self._models["asr"], self._models["translator"]
         out = []
         for audio in audios:
             t = transcribe_clip(asr, audio, a.silence_dbfs, translator)
@@ -214,11 +230,16 @@ class AudioCaptionStage(CaptionStage):
     def prepare(self, clip):
         return _load_clip_audio(clip)
 
+    def model_paths(self):
+        return [self.cfg.audio.model]
+
+    def load_models(self):
+        from ivdata.annotate.audio_caption import load_audio_captioner
+        return {"captioner": load_audio_captioner(self.cfg.audio, self.device())}
+
     def compute(self, audios):
-        from ivdata.annotate.audio_caption import caption_clips, load_audio_captioner
-        a = self.cfg.audio
-        cap = _cached(("audio", json.dumps(asdict(a), sort_keys=True), self.device()),
-                      lambda: load_audio_captioner(a, self.device()))
+        from ivdata.annotate.audio_caption import caption_clips
+        a, cap = self.cfg.audio, self._models["captioner"]
         extra = {"backend": a.backend}
         return [{"A": (text, "en" if text else None, {"status": status, **extra})}
                 for status, text in caption_clips(cap, audios, a.silence_dbfs)]
@@ -236,12 +257,19 @@ class FrameCaptionStage(CaptionStage):
         f = self.cfg.frames
         return sample_frames(clip["path"], f.fps, f.max_frames, expect_duration_s=clip["duration_s"])
 
-    def compute(self, frames):
-        from ivdata.annotate.frame_caption import ImageCaptioner, caption_clips
+    def model_paths(self):
+        return [self.cfg.frames.model] + (self.fusion_paths() if self.cfg.frames.merge == "llm" else [])
+
+    def load_models(self):
+        from ivdata.annotate.frame_caption import ImageCaptioner
         f = self.cfg.frames
-        cap = _cached(("frames", json.dumps(asdict(f), sort_keys=True), self.device()),
-                      lambda: ImageCaptioner(f.model, self.device(), f.max_new_tokens))
-        merged = caption_clips(cap, frames, self.generator() if f.merge == "llm" else None)
+        return {"captioner": ImageCaptioner(f.model, self.device(), f.max_new_tokens),
+                "merger": self.load_generator() if f.merge == "llm" else None}
+
+    def compute(self, frames):
+        from ivdata.annotate.frame_caption import caption_clips
+        f = self.cfg.frames
+        merged = caption_clips(self._models["captioner"], frames, self._models["merger"])
         return [{"V": (r["V"], "en", {"status": "ok" if r["V"] else "empty", "merge": f.merge,
                                       "frame_captions": r["frame_captions"], "middle_caption": r["middle_caption"],
                                       "times": r["times"]})} for r in merged]
@@ -294,9 +322,15 @@ class FuseStage(CaptionStage):
     def prepare(self, clip):
         return {k: clip[k] or "" for k in ("V", "A", "S")}
 
+    def model_paths(self):
+        return self.fusion_paths()
+
+    def load_models(self):
+        return {"generator": self.load_generator()}
+
     def compute(self, inputs):
         from ivdata.annotate.fuse import fuse
-        answers = fuse(self.generator(), inputs)
+        answers = fuse(self._models["generator"], inputs)
         out = []
         for x, ans in zip(inputs, answers):
             used = [k for k in ("V", "A", "S") if x[k]]
@@ -317,8 +351,8 @@ def parse_stages(stages: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return tuple(s for s in STAGES if s in names)       # always in dependency order
 
 
-def run_annotation(corpus: Corpus, cfg: VidCapConfig, stages=STAGES, subset: str = "all", workers: int = 0,
-                   retry_failed: bool = False) -> dict[str, StageStats]:
+def run_annotation(corpus: Corpus, cfg: VidCapConfig, stages=STAGES, subset: str = "all",
+                   workers: int | Executor = 0, retry_failed: bool = False) -> dict[str, StageStats]:
     """Run the chosen VidCap stages in order; each records its own row in the runs table
     (clips/s as items_per_s, media seconds per second as media_s_per_s)."""
     stages = parse_stages(stages)
@@ -327,44 +361,3 @@ def run_annotation(corpus: Corpus, cfg: VidCapConfig, stages=STAGES, subset: str
         m.subset_clip_ids(subset)                      # a missing subset fails here, before any model loads
     return {s: run_stage(STAGE_CLASSES[s](corpus, cfg, subset), workers, retry_failed, batch_size=1)
             for s in stages}
-
-
-# -- `iv data annotate` (cli.py mounts this function on the data sub-app) ---------------------------
-def annotate(
-    corpus: str = typer.Option("default", "--corpus", "-c", envvar="IVKIT_CORPUS",
-                               help="Corpus name (manifests/NAME.duckdb under $IVKIT_HOME) or a .duckdb path."),
-    subset: str = typer.Option("all", help="Subset name ('all': every good clip)."),
-    stages: str = typer.Option("asr,audio,frames,fuse", help="Comma-separated: asr, audio, frames, fuse."),
-    config: Optional[Path] = typer.Option(None, help="VidCap recipe (recipes/vidcap*.yaml)."),
-    asr_model: Optional[str] = typer.Option(None, help="ASR model: CTranslate2 dir, or a .pt with --set asr.backend=openai-whisper."),
-    audio_model: Optional[str] = typer.Option(None, help="Audio caption / tagging model dir."),
-    frames_model: Optional[str] = typer.Option(None, help="Image-to-text model dir."),
-    fuse_model: Optional[str] = typer.Option(None, help="LLM: causal LM dir, .gguf, or the served model name."),
-    fuse_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint (sets fuse.backend=openai)."),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N."),
-    batch_size: Optional[int] = typer.Option(None, help="Clips per work item."),
-    set_: List[str] = typer.Option([], "--set", help="Dotted override, e.g. --set asr.beam_size=1 (repeatable)."),
-    workers: int = typer.Option(0, "--workers", "-j", help="Worker processes (0: inline); each loads its own models on --device."),
-    retry_failed: bool = typer.Option(False, "--retry-failed", help="Also redo clips whose failure is recorded."),
-):
-    """VidCap captions: S (ASR), A (audio), V (frames), AV and AVS (LLM fusion) -> the captions table."""
-    from ivdata.cliutil import console, fail
-    from ivdata.manifest import ManifestError
-    from ivkit.typed_yaml import ConfigError, parse_override
-    overrides: dict[str, Any] = {"asr.model": asr_model, "audio.model": audio_model, "frames.model": frames_model,
-                                 "fuse.model": fuse_model, "device": device, "batch_size": batch_size}
-    if fuse_url:
-        overrides.update({"fuse.backend": "openai", "fuse.url": fuse_url})
-    try:
-        overrides.update(parse_override(item) for item in set_)
-        cfg = load_config(config, overrides)
-        stats = run_annotation(Corpus.open(corpus), cfg, parse_stages(stages), subset, workers, retry_failed)
-    except (ConfigError, ManifestError, ValueError) as e:
-        fail(str(e))
-    for name, st in stats.items():
-        c = st.as_counts()
-        rtf = f", real-time factor {1 / c['media_s_per_s']:.3f}" if c.get("media_s_per_s") else ""
-        outcomes = {k: v for k, v in st.extra.items()}
-        console.print(f"[bold]{name}[/]: {st.ok} ok, {st.failed} failed in {st.seconds:.1f} s, "
-                      f"{c['items_per_s']} clips/s{rtf}" + (f" {outcomes}" if outcomes else ""))
-    return stats

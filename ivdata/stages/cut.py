@@ -45,6 +45,9 @@ MODES = ("copy", "reencode")
 # far more than the open: re-encoded clips go one per item.
 COPY_CLIPS_PER_ITEM = 16
 STORE_NAME = re.compile(r"[0-9a-f]{64}\.(mp4|flac)")
+# what a cut records of each clip
+CLIP_COLUMNS = ("cut_mode", "cut_start_s", "cut_end_s", "path", "audio_path", "sha256", "bytes", "duration_s",
+                "num_frames", "fps", "width", "height", "has_audio", "cut_options")
 
 
 @dataclass
@@ -109,8 +112,8 @@ def _differences(recorded: dict, asked: dict) -> list[str]:
 
 class CutStage(Stage):
     name = "cut"
-    needs = ("clips.start_s", "clips.end_s", "videos.path", "videos.sha256")
-    produces = ("clips.path", "clips.audio_path", "clips.num_frames", "clips.cut_options")
+    needs = ("clips.start_s", "clips.end_s", "videos.path", "videos.sha256", "videos.bytes", "videos.mtime_ns")
+    produces = tuple(f"clips.{c}" for c in CLIP_COLUMNS + ("status", "error"))   # + the clip files
 
     def __init__(self, corpus: Corpus, cfg: CutConfig | None = None, allow_mixed: bool = False):
         super().__init__(corpus)
@@ -147,11 +150,13 @@ class CutStage(Stage):
                 "Cut with the recorded settings, or pass --allow-mixed-options to cut the remaining clips "
                 "with these")
 
-    def pending(self, m: Manifest, retry_failed: bool) -> list[dict]:
+    def cleanup(self, m: Manifest) -> None:
         # One writer per manifest and no worker running yet: anything in incoming/ is a killed run's leftover.
         self._remove_orphans(m)
         shutil.rmtree(self.incoming, ignore_errors=True)
         self.incoming.mkdir(parents=True, exist_ok=True)
+
+    def pending(self, m: Manifest, retry_failed: bool) -> list[dict]:
         rows = m.rows("SELECT c.clip_id, c.video_id, c.start_s, c.end_s, v.path AS src, v.bytes AS src_bytes, "
                       "v.mtime_ns AS src_mtime_ns, v.sha256 AS src_sha256 FROM clips c "
                       f"JOIN videos v USING (video_id) WHERE c.status IN {self._todo_filter(retry_failed)} "
@@ -240,8 +245,7 @@ class CutStage(Stage):
                 "height": r.height, "has_audio": r.has_audio, "cut_options": json.dumps(cfg.options(), sort_keys=True)}
 
     def record(self, m: Manifest, done: list, stats: StageStats) -> None:
-        cols = ("cut_mode", "cut_start_s", "cut_end_s", "path", "audio_path", "sha256", "bytes", "duration_s",
-                "num_frames", "fps", "width", "height", "has_audio", "cut_options")
+        cols = CLIP_COLUMNS
         rows = []
         for item, res in done:
             for out in _outcomes(item, res):

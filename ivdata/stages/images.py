@@ -50,7 +50,10 @@ class ImageConfig:
 class ImageStage(Stage):
     name = "images"
     needs = ("videos.path", "videos.sha256", "videos.media")
-    produces = ("image files", "videos.probe facts", "splits", "clips")
+    # + the image files; captions and conversations.clip_id: links to the new clips
+    produces = tuple(f"videos.{c}" for c in ("status", "error", "failed_stage", "container", "width", "height",
+                                             "num_frames", "duration_s", "has_video", "has_audio")) + (
+        "splits", "clips", "captions", "conversations.clip_id")
 
     def __init__(self, corpus: Corpus, cfg: ImageConfig | None = None):
         super().__init__(corpus)
@@ -60,10 +63,12 @@ class ImageStage(Stage):
     def incoming(self) -> Path:
         return self.corpus.clips_dir / "incoming-images"
 
-    def pending(self, m: Manifest, retry_failed: bool) -> list[dict]:
+    def cleanup(self, m: Manifest) -> None:
         self._remove_orphans(m)
         shutil.rmtree(self.incoming, ignore_errors=True)
         self.incoming.mkdir(parents=True, exist_ok=True)
+
+    def pending(self, m: Manifest, retry_failed: bool) -> list[dict]:
         retry = " OR (status = 'failed' AND failed_stage = 'images')" if retry_failed else ""
         return m.rows("SELECT video_id, path, sha256 FROM videos WHERE media = 'image' "
                       f"AND (status = 'ingested'{retry}) ORDER BY video_id")

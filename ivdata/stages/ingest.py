@@ -136,7 +136,8 @@ def _span_key(start: float | None, end: float | None) -> str:
 
 class IngestStage(Stage):
     name = "ingest"
-    produces = ("videos", "spans", "source_captions")
+    produces = ("videos", "spans", "source_captions", "captions")   # captions: list captions of clips already made
+    batch_size = 4096            # a local file's row takes well under a millisecond: commits would cost more
 
     def __init__(self, corpus: Corpus, rows: list[dict] | Sources, max_bytes: int = 8 << 30, timeout_s: float = 60.0,
                  max_seconds: float = 3600.0):

@@ -30,6 +30,7 @@ from ivdata.stages.ingest import IngestStage
 
 class InstructionStage(Stage):
     name = "import_instructions"
+    needs = ("clips.path", "videos.path")
     produces = ("conversations", "spans")
 
     def __init__(self, corpus: Corpus, entries: list[Entry], source_file: str, fmt: str, dataset: str,

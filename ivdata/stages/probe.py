@@ -15,8 +15,8 @@ PROBE_COLUMNS = ("duration_s", "fps", "num_frames", "width", "height", "rotation
 
 class ProbeStage(Stage):
     name = "probe"
-    needs = ("videos.path",)
-    produces = ("videos.probe facts",)
+    needs = ("videos.path", "videos.media", "videos.status")
+    produces = tuple(f"videos.{c}" for c in PROBE_COLUMNS + ("status", "error", "failed_stage"))
 
     def pending(self, m: Manifest, retry_failed: bool) -> list[tuple[str, str]]:
         # images are probed (decoded, sized) and stored by the images stage

@@ -17,6 +17,7 @@ from ivdata.curate.embed import cached_embedder, embedder_name, l2norm, model_sp
 from ivdata.curate.filters import AestheticHead, motion_score, text_overlay_score
 from ivdata.curate.frames import frame_pairs, sample_frames
 from ivdata.manifest import Manifest
+from ivdata.runtime.executor import Resources
 from ivdata.stages.base import Stage, StageConfigError, StageStats, failed
 
 METRICS = ("motion", "aesthetic", "clip_text_sim", "text_overlay")
@@ -81,8 +82,12 @@ class ScoreStage(Stage):
         cfg = self.cfg
         if not {"aesthetic", "clip_text_sim"} & set(cfg.metrics):
             return
+        import torch
+        device = cfg.device
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            device = "cpu"      # the GPUs are the workers' (Ray nodes): loading and sizes are checked on CPU here
         try:
-            model = cached_embedder(model_spec(cfg.model_dir), cfg.device)
+            model = cached_embedder(model_spec(cfg.model_dir), device)
         except Exception as e:
             raise StageConfigError(f"score model {cfg.model_dir}: {type(e).__name__}: {e}") from e
         if "aesthetic" in cfg.metrics:
@@ -93,6 +98,19 @@ class ScoreStage(Stage):
             if head.in_dim != model.dim:
                 raise StageConfigError(f"aesthetic head {cfg.aesthetic_head} takes {head.in_dim}-d embeddings, "
                                        f"but {cfg.model_dir} gives {model.dim}-d ones")
+
+    def resources(self) -> Resources:
+        """One GPU per worker when the embedding model runs on one (so Ray places workers on GPU nodes)."""
+        uses_model = bool({"aesthetic", "clip_text_sim"} & set(self.cfg.metrics))
+        return Resources(gpus=1 if uses_model and str(self.cfg.device).startswith("cuda") else 0)
+
+    def setup(self) -> None:
+        """The embedding model and the aesthetic head, once per worker (the process cache shares them with
+        `check` when the work runs inline)."""
+        cfg = self.cfg
+        uses_model = bool({"aesthetic", "clip_text_sim"} & set(cfg.metrics))
+        self._model = cached_embedder(model_spec(cfg.model_dir), cfg.device) if uses_model else None
+        self._head = _head(cfg) if "aesthetic" in cfg.metrics else None
 
     def pending(self, m: Manifest, retry_failed: bool) -> list[dict]:
         cfg = self.cfg
@@ -126,10 +144,10 @@ class ScoreStage(Stage):
         if "text_overlay" in item["metrics"]:
             out["text_overlay"] = text_overlay_score(sample_frames(item["path"], cfg.num_frames, max_side=256))
         if {"aesthetic", "clip_text_sim"} & set(item["metrics"]):
-            model = cached_embedder(model_spec(cfg.model_dir), cfg.device)
+            model = self._model
             frames_emb = model.embed_frames(sample_frames(item["path"], cfg.num_frames, max_side=None))
             if "aesthetic" in item["metrics"]:
-                out["aesthetic"] = float(np.mean(_head(cfg)(frames_emb)))
+                out["aesthetic"] = float(np.mean(self._head(frames_emb)))
             if "clip_text_sim" in item["metrics"]:
                 video = l2norm(frames_emb.mean(axis=0))
                 out["clip_text_sim"] = float(video @ model.embed_texts([item["caption"]])[0])

@@ -168,7 +168,8 @@ CAPTIONS_SQL = ("SELECT clip_id, kind, text, lang, model, prompt_hash FROM capti
 class ShardStage(Stage):
     name = "shard"
     needs = ("clips.path", "captions", "scores", "subsets", "conversations")
-    produces = ("shards", "samples", "tar files", "wids index")
+    # + the tar files and the wids index; captions and conversations.clip_id: links made before reading them
+    produces = ("shards", "samples", "shard_sets", "captions", "conversations.clip_id")
 
     def __init__(self, corpus: Corpus, cfg: ShardConfig | None = None):
         super().__init__(corpus)
@@ -185,7 +186,9 @@ class ShardStage(Stage):
         return f"{self.cfg.name}/{self.cfg.name}-{index:06d}.tar"
 
     def check(self, m: Manifest, retry_failed: bool) -> None:
-        """A pin that names no caption in the manifest is a typo, not an empty kind: refused up front."""
+        """An unknown subset, or a pin that names no caption in the manifest (a typo, not an empty kind): refused
+        up front."""
+        m.subset_sample_keys(self.cfg.subset, self.cfg.unit)          # raises ManifestError for an unknown subset
         for pin in self.cfg.captions:
             have = m.rows("SELECT model, prompt_hash, count(*) AS n FROM captions WHERE kind = ? AND text <> '' "
                           "GROUP BY ALL ORDER BY n DESC", [pin.kind])
@@ -211,10 +214,20 @@ class ShardStage(Stage):
                 "txt": sorted(k.lower() for k in cfg.txt_kinds), "pins": sorted(str(p) for p in cfg.captions),
                 "caption_kinds": sorted(kinds), "score_metrics": metrics, "labels": cfg.include_labels}
 
+    def cleanup(self, m: Manifest) -> None:
+        """Orphans of a killed run: shard files of the set that the manifest does not record, and temp files."""
+        name = self.cfg.name
+        recorded = {r[0] for r in m.execute("SELECT path FROM shards WHERE shardset = ?", [name]).fetchall()}
+        self.dir.mkdir(parents=True, exist_ok=True)
+        pattern = re.compile(rf"^{re.escape(name)}-\d{{6,}}\.tar$")
+        for f in self.dir.iterdir():
+            if (pattern.match(f.name) and f"{name}/{f.name}" not in recorded) or (f.name.startswith(".") and ".tmp" in f.name):
+                f.unlink()
+
     def pending(self, m: Manifest, retry_failed: bool) -> list[dict]:
         cfg = self.cfg
         refresh_links(m)                                   # list captions and conversations of clips made since
-        wanted = m.subset_sample_keys(cfg.subset, cfg.unit)   # an unknown subset fails here, before any file is touched
+        wanted = m.subset_sample_keys(cfg.subset, cfg.unit)
         conversations = {}
         if cfg.unit == "conversations":
             conversations = {r["conversation_id"]: r for r in m.rows(
@@ -225,12 +238,6 @@ class ShardStage(Stage):
         self._layout_hash = layout_hash(text)
         m.execute("INSERT OR REPLACE INTO shard_sets (shardset, subset, updated_at, layout) VALUES (?, ?, ?, ?)",
                   [cfg.name, cfg.subset, utcnow(), text])
-        recorded = {r[0] for r in m.execute("SELECT path FROM shards WHERE shardset = ?", [cfg.name]).fetchall()}
-        self.dir.mkdir(parents=True, exist_ok=True)
-        pattern = re.compile(rf"^{re.escape(cfg.name)}-\d{{6,}}\.tar$")
-        for f in self.dir.iterdir():   # orphans of a killed run: unrecorded shards and temp files
-            if (pattern.match(f.name) and f"{cfg.name}/{f.name}" not in recorded) or (f.name.startswith(".") and ".tmp" in f.name):
-                f.unlink()
         placed = dict(m.execute("SELECT key, shard_index FROM samples WHERE shardset = ?", [cfg.name]).fetchall())
         other_layout = [r[0] for r in m.execute(
             "SELECT shard_index FROM shards WHERE shardset = ? AND layout_hash IS DISTINCT FROM ?",

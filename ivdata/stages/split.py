@@ -72,7 +72,7 @@ def fixed_windows(duration: float, cfg: SplitConfig) -> list[tuple[float, float]
 
 class SplitStage(Stage):
     name = "split"
-    needs = ("videos.duration_s", "spans")
+    needs = ("videos.path", "videos.duration_s", "videos.status", "spans")
     produces = ("clips", "splits")
 
     def __init__(self, corpus: Corpus, cfg: SplitConfig | None = None):

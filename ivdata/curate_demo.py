@@ -1,6 +1,6 @@
 """The curation part of `make demo`: dedupe (with leakage checks), motion scores and the report.
 
-    from ivdata.curate.demo import curate_and_report
+    from ivdata.curate_demo import curate_and_report
     page = curate_and_report(corpus)          # -> <corpus root>/report/index.html
 
 Model-free on purpose (thumbnail embeddings, optical-flow motion), so the demo runs anywhere; pass

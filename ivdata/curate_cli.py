@@ -16,7 +16,8 @@ from typing import List, Optional
 
 import typer
 
-from ivdata.cliutil import CorpusOpt, WorkersOpt, console, fail, open_corpus, refusals, report_stats
+from ivdata.cliutil import (CorpusOpt, ExecutorOpt, RayAddressOpt, WorkersOpt, console, fail, open_corpus, refusals,
+                            report_stats, run_on)
 
 def kmash(recipe: Path = typer.Argument(..., exists=True, dir_okay=False, help="KMash recipe YAML."),
           corpus: str = CorpusOpt,
@@ -26,7 +27,7 @@ def kmash(recipe: Path = typer.Argument(..., exists=True, dir_okay=False, help="
           strict: bool = typer.Option(False, help="Fail when a file is missing or a quota cannot be met."),
           short_side: Optional[int] = typer.Option(None, help="Resize clips to this short side when cutting."),
           plan_out: Optional[Path] = typer.Option(None, help="Write the plan summary (JSON) here."),
-          workers: int = WorkersOpt):
+          workers: int = WorkersOpt, executor: str = ExecutorOpt, ray_address: Optional[str] = RayAddressOpt):
     """Plan a KMash mix from annotation files, report what is missing on disk, then build the corpus."""
     from ivdata.curate.kmash import format_plan, load_recipe, plan_kmash
     from ivdata.curate.sources import SourceFormatError
@@ -43,10 +44,10 @@ def kmash(recipe: Path = typer.Argument(..., exists=True, dir_okay=False, help="
         fail("the plan is incomplete (missing annotation files or quotas not met); see above")
     if dry_run:
         return
-    from ivdata.curate.build import build_kmash
+    from ivdata.kmash_build import build_kmash
     from ivdata.pipeline import open_or_init
     from ivdata.stages.cut import CutConfig
-    result = build_kmash(open_or_init(corpus), rcp, plan, workers=workers,
+    result = build_kmash(open_or_init(corpus), rcp, plan, workers=run_on(executor, workers, ray_address),
                          cut_cfg=CutConfig(mode="reencode", short_side=short_side))
     console.print(f"subset [bold]{result['subset']}[/]: {result['clips']} clips {result['per_source']}")
     for f in result["failed"][:20]:
@@ -63,7 +64,7 @@ def dedupe(corpus: str = CorpusOpt,
            index: str = typer.Option("auto", help="faiss index: auto | flat | ivf | hnsw."),
            source_order: str = typer.Option("", help="Comma-separated sources to prefer when keeping one copy."),
            subset: str = typer.Option("deduped", help="Subset of the training clips every method kept."),
-           workers: int = WorkersOpt):
+           workers: int = WorkersOpt, executor: str = ExecutorOpt, ray_address: Optional[str] = RayAddressOpt):
     """Remove exact and near-duplicates and eval-split leaks; record every decision with its evidence."""
     from ivdata.curate.ann import IndexConfig
     from ivdata.stages.base import run_stage
@@ -79,7 +80,7 @@ def dedupe(corpus: str = CorpusOpt,
     from ivdata.curate.sources import SourceFormatError
     c = open_corpus(corpus)
     try:
-        report_stats("dedupe", run_stage(DedupeStage(c, cfg), workers))
+        report_stats("dedupe", run_stage(DedupeStage(c, cfg), run_on(executor, workers, ray_address)))
     except SourceFormatError as e:        # a malformed --eval annotation file, found when it is read
         fail(str(e))
     with c.manifest(read_only=True) as m:
@@ -91,7 +92,7 @@ def score(corpus: str = CorpusOpt,
           metrics: Optional[str] = typer.Option(None, help="Comma-separated: motion, aesthetic, clip_text_sim, text_overlay."),
           model_dir: Optional[Path] = typer.Option(None, help="CLIP / SigLIP directory (transformers, or an open_clip export)."),
           aesthetic_head: Optional[Path] = typer.Option(None, help="Aesthetic head weights (.safetensors / .pt)."),
-          workers: int = WorkersOpt):
+          workers: int = WorkersOpt, executor: str = ExecutorOpt, ray_address: Optional[str] = RayAddressOpt):
     """Score clips: clip-caption similarity, aesthetic, motion (-> the scores table)."""
     from ivdata.stages.base import run_stage
     from ivdata.stages.score import ScoreConfig, ScoreStage
@@ -114,7 +115,7 @@ def score(corpus: str = CorpusOpt,
     except ConfigError as e:
         fail(str(e))
     with refusals():
-        report_stats("score", run_stage(ScoreStage(open_corpus(corpus), cfg), workers))
+        report_stats("score", run_stage(ScoreStage(open_corpus(corpus), cfg), run_on(executor, workers, ray_address)))
 
 
 def select_internvid2(recipe: Path = typer.Argument(..., exists=True, help="InternVid2 recipe YAML."),
