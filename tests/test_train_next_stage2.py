@@ -176,8 +176,10 @@ def test_smooth_l1_and_the_ema_ablation(stage1):
     optimizer.step()
     teacher = obj.teacher.blocks[0].attn.qkv.weight.clone()
     student = obj.trainable.encoder.blocks[0].attn.qkv.weight.detach()
+    obj.trainable.train()   # as the engine does: the EMA teacher rides inside, yet runs without stochastic depth
     obj.prepare(batch)   # the next step's teacher: halfway to the student
     assert torch.allclose(obj.teacher.blocks[0].attn.qkv.weight, 0.5 * teacher + 0.5 * student)
+    assert not obj.teacher.training and obj.trainable.encoder.training
     assert "ema_teacher" not in str(obj.export(obj.trainable.state_dict()).keys())
 
 

@@ -228,8 +228,9 @@ class NextStage2(Objective):
     def prepare(self, batch: dict) -> dict[str, torch.Tensor]:
         data = self.recipe.data
         video = normalize(batch["video"].to(self.device, non_blocking=True), data.mean, data.std)
-        if self.momentum < 1.0:
+        if self.momentum < 1.0:   # inside the trainable module, which the engine puts in train mode
             self.update_teacher()
+            self.teacher.eval()
         tokens = self.teacher(video.to(self.teacher.pos_embed.dtype)).tokens[:, self.teacher.num_cls:]
         return {"video": video, "visible": batch["masks"].to(self.device), "targets": tokens}
 
