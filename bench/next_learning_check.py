@@ -41,14 +41,15 @@ STUDENT_OVERRIDES = ["optim.lr=2e-3", "optim.min_lr=2e-4", "optim.warmup_steps=1
 RUNS = {"align+diffusion": [], "align only": ["next_stage1.loss.diffusion_weight=0"]}
 
 
-def train_student(work: Path, name: str, extra: list[str], shards: Path, assets: Path, steps: int, batch: int) -> dict:
+def train_student(work: Path, name: str, extra: list[str], shards: Path, assets: Path, steps: int, batch: int,
+                  recipe: Path = RECIPE, overrides: list[str] = STUDENT_OVERRIDES) -> dict:
     run_dir = work / name.replace(" ", "_").replace("+", "_")
     sets = [f"assets={assets}", f"data.shards={shards}", f"train.out_dir={run_dir}", f"train.steps={steps}",
             "train.ckpt_every=0", "train.log_every=250", f"data.batch_size={batch}", "train.tensorboard=false",
-            "train.resume=false", *STUDENT_OVERRIDES, *extra]
+            "train.resume=false", *overrides, *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     t0 = time.time()
-    subprocess.run([sys.executable, "-m", "ivtrain.train", str(RECIPE)] + [a for s in sets for a in ("--set", s)],
+    subprocess.run([sys.executable, "-m", "ivtrain.train", str(recipe)] + [a for s in sets for a in ("--set", s)],
                    check=True, env=env, cwd=ROOT)
     metrics = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
     return {"dir": run_dir, "sets": sets, "seconds": time.time() - t0,

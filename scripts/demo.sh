@@ -89,6 +89,11 @@ step "reconstruct hidden patches of two clips by DDPM (the PNG: frames, mask, re
 $IV eval recon runs/demo/next_stage1_tiny corpora/demo/shards/deduped/deduped.wids.json \
   --out runs/demo/next_stage1_tiny/recon.png --clips 2 --steps 100
 
+step "train: InternVideo-Next stage 2 (tiny): the stage-1 encoder + predictor predict its frozen copy's latents on multi-block masks"
+$IV train recipes/next_stage2_tiny.yaml --set next_stage2.init=runs/demo/next_stage1_tiny \
+  --set train.out_dir=runs/demo/next_stage2_tiny --set train.steps=10 --set data.num_workers=1
+ls -l runs/demo/next_stage2_tiny/export.json runs/demo/next_stage2_tiny/encoder.safetensors
+
 step "train: InternVideo2 stage 2 (tiny): the stage-1 encoder aligned with a tiny BERT on the clips' V captions (VTC, VTM, MLM)"
 # the vision tower starts from the stage-1 run just made; clips without a V caption are skipped and counted
 $IV train recipes/iv2_stage2_tiny.yaml --set assets=runs/demo/assets \

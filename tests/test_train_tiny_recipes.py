@@ -72,9 +72,11 @@ def test_models_tiny_writes_training_and_annotation_models(assets):
 @pytest.mark.parametrize("recipe", TINY, ids=lambda p: p.stem)
 def test_every_tiny_recipe_trains_with_only_assets_set(home, assets, recipe):
     loaded = load_recipe(recipe, [f"assets={assets}"])
-    init = getattr(getattr(loaded.section, "vision", None), "init", "")
+    section = loaded.section
+    init = getattr(getattr(section, "vision", None), "init", "") or getattr(section, "init", "")
     if init and not (home / init / "export.json").exists():   # a later stage starts from the earlier one's run
-        stage1 = iv("train", str(ROOT / "recipes" / "iv2_stage1_tiny.yaml"), "--set", f"assets={assets}", cwd=home)
+        earlier = next(p for p in TINY if load_recipe(p, [f"assets={assets}"]).train.out_dir == init)
+        stage1 = iv("train", str(earlier), "--set", f"assets={assets}", cwd=home)
         assert stage1.returncode == 0, stage1.stderr[-3000:]
     proc = iv("train", str(recipe), "--set", f"assets={assets}", cwd=home)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

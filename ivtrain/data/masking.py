@@ -12,6 +12,9 @@ the same mask for a clip wherever it is trained) or drawn from the global torch 
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 
 
@@ -100,3 +103,73 @@ def make_mask(kind: str, ratio: float, batch: int, frames: int, patches: int,
     if kind == "tube":
         return tube_mask(batch, frames, patches, ratio, device, noise)
     return random_mask(batch, frames, patches, ratio, device, noise)
+
+
+# --- multi-block masks (V-JEPA; InternVideo-Next stage 2) -------------------------------------------------------
+# A view hides the union of `blocks` rectangles of one sampled size (spatial `scale` of a frame, aspect ratio h/w
+# uniform in `aspect`), each spanning the whole clip in time; the encoder sees `context` patches per frame left
+# uncovered by the blocks, the same places in every frame. Every row of a batch then has the same number of
+# visible tokens, and a clip's mask depends on its seed only.
+
+
+@dataclass(frozen=True)
+class BlockView:
+    blocks: int                       # rectangles per view
+    scale: float                      # each rectangle's area, as a fraction of a frame's patches
+    context: float                    # patches per frame the encoder sees, as a fraction (at least one)
+    aspect: tuple[float, float] = (0.75, 1.5)
+
+
+@dataclass
+class MultiBlockDraw:
+    visible: torch.Tensor             # (T*H*W,) bool: the context, the same places in every frame
+    covered: torch.Tensor             # (H, W) bool: the union of the blocks
+    boxes: list[tuple[int, int, int, int]]   # (top, left, height, width) of each block
+    attempts: int                     # draws until the uncovered area held the context
+
+
+def context_per_frame(view: BlockView, height: int, width: int) -> int:
+    return max(1, int(height * width * view.context))
+
+
+def block_size(view: BlockView, height: int, width: int, g: torch.Generator) -> tuple[int, int]:
+    """(h, w) of a view's blocks, as V-JEPA: area int(H W scale), aspect uniform in the range, sides rounded and
+    clipped to the frame."""
+    area = int(height * width * view.scale)
+    low, high = view.aspect
+    aspect = low + float(torch.rand(1, generator=g)) * (high - low)
+    h = min(height, max(1, round(math.sqrt(area * aspect))))
+    w = min(width, max(1, round(math.sqrt(area / aspect))))
+    return h, w
+
+
+def draw_multiblock(view: BlockView, grid: tuple[int, int, int], g: torch.Generator,
+                    max_attempts: int = 1000) -> MultiBlockDraw:
+    """One clip's view. A draw whose blocks leave fewer than the context uncovered is redrawn (V-JEPA redraws an
+    empty context); `context` of the uncovered patches, chosen uniformly, become visible in every frame."""
+    frames, height, width = grid
+    keep = context_per_frame(view, height, width)
+    for attempt in range(1, max_attempts + 1):
+        h, w = block_size(view, height, width, g)
+        covered = torch.zeros(height, width, dtype=torch.bool)
+        boxes = []
+        for _ in range(view.blocks):
+            top = int(torch.randint(0, height - h + 1, (1,), generator=g))
+            left = int(torch.randint(0, width - w + 1, (1,), generator=g))
+            covered[top:top + h, left:left + w] = True
+            boxes.append((top, left, h, w))
+        free = (~covered).flatten().nonzero().flatten()
+        if len(free) >= keep:
+            chosen = free[torch.randperm(len(free), generator=g)[:keep]]
+            plane = torch.zeros(height * width, dtype=torch.bool)
+            plane[chosen] = True
+            return MultiBlockDraw(plane.repeat(frames), covered, boxes, attempt)
+    raise ValueError(f"{view.blocks} blocks of scale {view.scale} left fewer than {keep} of {height} x {width} "
+                     f"patches uncovered in {max_attempts} draws: lower the view's context")
+
+
+def multiblock_masks(views: list[BlockView], grid: tuple[int, int, int], seeds: list[int]) -> torch.Tensor:
+    """(V, B, T*H*W) visible masks: view v of clip b from the clip's seed, stream v (the same mask in any worker,
+    rank or batch)."""
+    return torch.stack([torch.stack([draw_multiblock(view, grid, clip_generator(int(seed), v)).visible
+                                     for seed in seeds]) for v, view in enumerate(views)])

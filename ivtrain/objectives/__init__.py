@@ -12,7 +12,8 @@ from ivkit.typed_yaml import ConfigError
 OBJECTIVES: dict[str, object] = {"iv2_stage1": "ivtrain.objectives.iv2_stage1:IV2Stage1",
                                   "iv2_stage2": "ivtrain.objectives.iv2_stage2:IV2Stage2",
                                   "iv2_stage3": "ivtrain.objectives.iv2_stage3:IV2Stage3",
-                                  "next_stage1": "ivtrain.objectives.next_stage1:NextStage1"}
+                                  "next_stage1": "ivtrain.objectives.next_stage1:NextStage1",
+                                  "next_stage2": "ivtrain.objectives.next_stage2:NextStage2"}
 
 
 def register(cls):
