@@ -208,9 +208,9 @@ def test_flash_path_hands_the_kernel_bf16_in_its_layout_and_matches_sdpa(monkeyp
 
     calls = []
 
-    def kernel(q, k, v, dropout_p, causal):
+    def kernel(q, k, v, dropout_p, causal, window_size=(-1, -1)):
         assert q.dtype in (torch.float16, torch.bfloat16) and q.shape == k.shape == v.shape
-        assert dropout_p == 0.0 and causal is False
+        assert dropout_p == 0.0 and causal is False and window_size == (-1, -1)   # the ViT attends to every token
         calls.append(tuple(q.shape))
         return reference_attention(q.float(), k.float(), v.float()).to(q.dtype)
 
