@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ivtrain.models.text import Attention, Dense, SelfOutput
+from ivtrain.models.text import Attention, Dense, SelfOutput, bert_init
 
 
 class QFormerError(ValueError):
@@ -117,13 +117,7 @@ class QFormer(nn.Module):
                 module.requires_grad_(False)
 
     def _init(self, m):   # transformers' BERT initialization
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, std=self.config.initializer_range)
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
-        if isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        bert_init(m, self.config.initializer_range)
 
     @property
     def width(self) -> int:

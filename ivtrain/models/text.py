@@ -25,6 +25,18 @@ import torch.nn.functional as F
 from ivtrain.models.layers import DropPath
 
 
+def bert_init(m: nn.Module, std: float) -> None:
+    """transformers' BERT initialization of one module: normal(std) Linear and Embedding weights, zero biases,
+    LayerNorms at one and zero (the text tower's and the QFormer's new weights)."""
+    if isinstance(m, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(m.weight, std=std)
+    if isinstance(m, nn.Linear) and m.bias is not None:
+        nn.init.zeros_(m.bias)
+    if isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
 class TextTowerError(ValueError):
     """A text encoder directory that is not a BERT, or does not fit the recipe."""
 
@@ -170,13 +182,7 @@ class FusionBert(nn.Module):
         self.apply(self._init)
 
     def _init(self, m):   # transformers' BERT initialization, for the weights a checkpoint does not hold
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, std=self.config.initializer_range)
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
-        if isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        bert_init(m, self.config.initializer_range)
 
     @property
     def width(self) -> int:
